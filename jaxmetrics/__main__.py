@@ -1,0 +1,7 @@
+"""``python -m jaxmetrics``: the same command line as the ``jaxmetrics`` script."""
+
+import sys
+
+from jaxmetrics.cli import main
+
+sys.exit(main())
