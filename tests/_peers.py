@@ -25,7 +25,7 @@ def torch_fidelity_module(name):
 
 
 def torch_fidelity_metric_module(name):
-  """Returns ``torch_fidelity.<name>`` (e.g. ``metric_isc``) with a stand-in ``torch_fidelity.utils``.
+  """Returns ``torch_fidelity.<name>`` (e.g. ``metric_isc``), ``torch_fidelity.utils`` stood in.
 
   The metric modules import four names from ``torch_fidelity.utils`` (feature extraction from
   images: ``extract_featuresdict_from_input_id_cached``, ``create_feature_extractor``, ...), and
@@ -34,8 +34,15 @@ def torch_fidelity_metric_module(name):
   ``*_features_to_metric`` / ``*_featuresdict_to_metric`` functions call none of the four (they use
   only ``helpers``, NumPy and torch), so a stand-in ``utils`` whose every attribute raises when
   called keeps the peer's math unmodified: if it ever reached for ``utils``, the test would fail.
+
+  ``metric_kid`` also wraps its subset loop in ``tqdm`` for a progress bar, and ``--no-deps`` does
+  not install tqdm; where it is missing, a stand-in that returns the iterable takes its place.
   """
   torch_fidelity_module("helpers")
+  if importlib.util.find_spec("tqdm") is None and "tqdm" not in sys.modules:
+    stand_in = types.ModuleType("tqdm")
+    stand_in.tqdm = lambda iterable=None, *args, **kwargs: iterable
+    sys.modules["tqdm"] = stand_in
   if "torch_fidelity.utils" not in sys.modules:
     stand_in = types.ModuleType("torch_fidelity.utils")
 

@@ -1,0 +1,151 @@
+"""Kernel Inception Distance against torch-fidelity's own ``metric_kid``."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from jaxmetrics import kid as kid_lib
+from jaxmetrics._errors import InputError
+from jaxmetrics.kid import kid
+from tests._peers import torch_fidelity_metric_module
+
+# float32: MMD² is a difference of kernel means of size ~(γ|x|² + coef0)^degree ≈ 8 here, each
+# exact to ~eps·8 ≈ 1e-6, so both float32 implementations (ours and the peer's float32 NumPy) are
+# ~1e-7 from the float64 value (measured 1e-8..2e-7) and we allow 1e-6 absolute.
+F32_ATOL = 1e-6
+# float64 (peer fed float64 tensors): agreement is at rounding level, measured ≲ 2e-14 relative.
+F64_RTOL = 1e-11
+SMALL = dict(subsets=20, subset_size=100)
+_PEER_KWARGS = {"subsets": "kid_subsets", "subset_size": "kid_subset_size", "degree":
+                "kid_kernel_poly_degree", "gamma": "kid_kernel_poly_gamma", "coef0":
+                "kid_kernel_poly_coef0", "seed": "rng_seed"}
+
+
+def _features(n1=300, n2=250, d=64, shift=0.1, seed=0):
+  rng = np.random.default_rng(seed)
+  x = rng.normal(size=(n1, d)).astype(np.float32)
+  y = (rng.normal(size=(n2, d)) * 1.1 + shift).astype(np.float32)
+  return x, y
+
+
+def _torch_fidelity(x, y, **kwargs):
+  metric_kid = torch_fidelity_metric_module("metric_kid")
+  peer_kwargs = {_PEER_KWARGS[k]: v for k, v in kwargs.items()}
+  out = metric_kid.kid_featuresdict_to_metric(
+      {"f": torch.from_numpy(x)}, {"f": torch.from_numpy(y)}, "f", verbose=False, **peer_kwargs)
+  return out["kernel_inception_distance_mean"], out["kernel_inception_distance_std"]
+
+
+@pytest.fixture(params=["gram", "subsets"])
+def method(request, monkeypatch):
+  """Runs a test through each evaluation route, whichever the size heuristic would pick."""
+  monkeypatch.setattr(kid_lib, "_choose_method", lambda *args: request.param)
+  return request.param
+
+
+# degree is a compile-time constant; gamma, coef0 and seed share one compilation.
+VARIANTS = [{}, {"degree": 2}, {"gamma": 0.05, "coef0": 0.5, "seed": 7}]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_matches_torch_fidelity_float32(method, variant):
+  x, y = _features()
+  kwargs = {**SMALL, **variant}
+  mean, std = kid(x, y, **kwargs)
+  assert mean.dtype == jnp.float32
+  np.testing.assert_allclose([float(mean), float(std)], _torch_fidelity(x, y, **kwargs),
+                             rtol=0, atol=F32_ATOL)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_matches_torch_fidelity_float64(method, variant):
+  x, y = (f.astype(np.float64) for f in _features(seed=1))
+  kwargs = {**SMALL, **variant}
+  with jax.enable_x64(True):
+    mean, std = kid(x, y, **kwargs)
+    assert mean.dtype == jnp.float64
+  np.testing.assert_allclose([float(mean), float(std)], _torch_fidelity(x, y, **kwargs),
+                             rtol=F64_RTOL)
+
+
+def test_default_route_choice():
+  assert kid_lib._choose_method(50_000, 50_000, 2048, 100, 1000) == "subsets"
+  assert kid_lib._choose_method(1000, 1000, 2048, 100, 1000) == "gram"
+  assert kid_lib._choose_method(300, 250, 64, 20, 100) == "gram"
+
+
+def test_same_distribution_is_unbiased():
+  # 40 independent pairs of samples of one distribution: their MMD² must average to 0 within 3
+  # standard errors (fixed seed, so deterministic). Keeping the diagonals (the biased estimator)
+  # would add (tr K_XX + tr K_YY)/m² − off-diagonal means/m ≈ 0.33 here, ~27 standard errors.
+  rng = np.random.default_rng(11)
+  m, d = 50, 8
+  mmds, bias = [], []
+  for _ in range(40):
+    x, y = (rng.normal(size=(m, d)).astype(np.float32) for _ in range(2))
+    mmds.append(float(kid(x, y, subsets=1, subset_size=m)[0]))
+    k_xx, k_yy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3
+    diag = np.trace(k_xx) + np.trace(k_yy)
+    bias.append(diag / m**2 - (k_xx.sum() + k_yy.sum() - diag) / (m * m * (m - 1)))
+  standard_error = np.std(mmds) / np.sqrt(len(mmds))
+  assert abs(np.mean(mmds)) < 3 * standard_error
+  assert np.mean(bias) > 10 * standard_error
+  shifted = rng.normal(size=(m, d)).astype(np.float32) + 0.5
+  assert float(kid(x, shifted, subsets=1, subset_size=m)[0]) > 10 * standard_error
+
+
+def test_whole_sets_give_identical_subsets(method):
+  # subset_size = N: every draw is a permutation of the same rows, so every MMD² is the same.
+  x, y = _features(n1=120, n2=120)
+  mean, std = kid(x, y, subsets=5, subset_size=120)
+  ref_mean, _ = _torch_fidelity(x, y, subsets=5, subset_size=120)
+  np.testing.assert_allclose(float(mean), ref_mean, atol=F32_ATOL)
+  assert float(std) < F32_ATOL
+
+
+def test_does_not_recompile():
+  x, y = _features()
+  kid(x, y, **SMALL)
+  size = kid_lib._kid._cache_size()
+  kid(x * 2, y, **SMALL, seed=3, gamma=0.1, coef0=0.5)
+  assert kid_lib._kid._cache_size() == size
+
+
+def test_too_few_samples():
+  x, y = _features(n1=300, n2=80)
+  with pytest.raises(InputError, match="^subset_size: expected at most the number of rows of each "
+                     "side \\(features1: 300, features2: 80\\), got 100; pass a smaller "
+                     "subset_size$"):
+    kid(x, y, **SMALL)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"subsets": 0}, "^subsets: expected an integer >= 1, got 0$"),
+    ({"subset_size": 1}, "^subset_size: expected an integer >= 2, got 1$"),
+    ({"degree": 0}, "^degree: expected an integer >= 1, got 0$"),
+    ({"degree": 2.5}, "^degree: expected an integer >= 1, got 2.5$"),
+    ({"gamma": 0.0}, "^gamma: expected a finite number > 0 or None \\(1/d\\), got 0.0$"),
+    ({"coef0": float("nan")}, "^coef0: expected a finite number >= 0, got nan$"),
+])
+def test_bad_options(kwargs, message):
+  x, y = _features()
+  with pytest.raises(InputError, match=message):
+    kid(x, y, **{**SMALL, **kwargs})
+
+
+def test_bad_features():
+  x, y = _features()
+  with pytest.raises(InputError, match="^features2: expected 64 features per row like features1, "
+                     "got shape \\(250, 32\\)$"):
+    kid(x, y[:, :32], **SMALL)
+  with pytest.raises(InputError,
+                     match="^features1: expected shape \\(N, d\\), got \\(300, 8, 8\\)$"):
+    kid(x.reshape(300, 8, 8), y, **SMALL)
+  with pytest.raises(InputError, match="^features2: expected a floating array, got int32$"):
+    kid(x, y.astype(np.int32), **SMALL)
+  y[3, 1], y[9, 0] = np.nan, np.inf
+  with pytest.raises(InputError,
+                     match="^features2: expected finite values, got NaN or inf in 2 row\\(s\\)$"):
+    kid(x, y, **SMALL)
