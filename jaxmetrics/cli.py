@@ -96,7 +96,7 @@ def _features(args):
   summary = {
       "source": args.source, "n": len(images), "resize": args.resize,
       "weights": str(args.weights) if args.weights else weights.DEFAULT,
-      "seconds": round(seconds, 3), "images_per_second": round(len(images) / seconds, 2),
+      "seconds_including_compilation": round(seconds, 3),
       "output": args.output,
       "images": [{"file": str(p), "pool3_norm": float(np.linalg.norm(out["pool3"][i])),
                   "top_class": int(np.argmax(out["logits"][i]))} for i, p in enumerate(paths)],
@@ -105,7 +105,7 @@ def _features(args):
     print(json.dumps(summary))
   elif not args.quiet:
     print(f"{len(images)} images from {args.source}: weights {summary['weights']}, resize "
-          f"{args.resize}, {summary['images_per_second']} images/s")
+          f"{args.resize}; {seconds:.2f} s including compilation")
     for item in summary["images"]:
       print(f"{item['file']}\t|pool3| {item['pool3_norm']:.4f}\ttop class {item['top_class']}")
     if args.output:

@@ -330,7 +330,7 @@ def load_params(path=None, *, check_hash=True, cache=True, progress=True):
   digest = weights.sha256_file(source)
   if check_hash and digest != entry.sha256:
     raise WeightsError(f"{source}: sha256 is {digest}, expected {entry.sha256} ({WEIGHTS}); "
-                       "pass check_hash=False to use custom weights")
+                       "pass check_hash=False (--no-hash-check on the command line) to use custom weights")
   converted = weights.cache_dir() / "converted" / f"{WEIGHTS}-{digest}-v{_CONVERTED_FORMAT}.npz"
   if cache and converted.is_file():
     with np.load(converted) as data:

@@ -25,3 +25,13 @@ def pytest_runtest_makereport(item, call):
     reason = report.longrepr[-1] if isinstance(report.longrepr, tuple) else report.longrepr
     report.outcome = "failed"
     report.longrepr = f"skipped under CI, which must run every test: {reason}"
+
+
+@pytest.fixture(scope="session")
+def inception_checkpoints(tmp_path_factory):
+  """A random-weight FID Inception state dict saved in the legacy (official) and zip formats."""
+  from tests import _inception_fixtures as fixtures
+  folder = tmp_path_factory.mktemp("inception")
+  state_dict = fixtures.random_state_dict(seed=0)
+  legacy, zipped = fixtures.save_checkpoints(state_dict, folder)
+  return {"legacy": legacy, "zip": zipped, "state_dict": state_dict}

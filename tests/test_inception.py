@@ -18,11 +18,8 @@ SIZES = [(32, 32), (61, 47), (299, 299), (400, 333)]
 
 
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory):
-  folder = tmp_path_factory.mktemp("inception")
-  state_dict = fixtures.random_state_dict(seed=0)
-  legacy, zipped = fixtures.save_checkpoints(state_dict, folder)
-  return {"legacy": legacy, "zip": zipped, "state_dict": state_dict}
+def checkpoints(inception_checkpoints):
+  return inception_checkpoints
 
 
 @pytest.fixture(scope="module")
