@@ -17,6 +17,10 @@ from jaxmetrics.inception_score import InceptionScoreState
 from jaxmetrics.inception_score import contiguous_split
 from jaxmetrics.inception_score import inception_score
 from jaxmetrics.kid import kid
+from jaxmetrics.reconstruction import ReconstructionState
+from jaxmetrics.reconstruction import psnr
+from jaxmetrics.reconstruction import reconstruction_error
+from jaxmetrics.reconstruction import ssim
 
 __version__ = "0.1.0.dev0"
 
@@ -24,6 +28,7 @@ __all__ = [
     "CheckpointError",
     "InputError",
     "JaxmetricsError",
+    "ReconstructionState",
     "WeightsError",
     "InceptionScoreState",
     "contiguous_split",
@@ -32,5 +37,8 @@ __all__ = [
     "inception_score",
     "kid",
     "load_params",
+    "psnr",
+    "reconstruction_error",
+    "ssim",
     "weights",
 ]
