@@ -33,14 +33,17 @@ import warnings
 from typing import Any
 
 import flax.linen as nn
+from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxmetrics import _params
 from jaxmetrics import resize as _resize
 from jaxmetrics import torch_checkpoint
 from jaxmetrics import weights
 from jaxmetrics._errors import CheckpointError, InputError, WeightsError
+from jaxmetrics._inputs import PRECISIONS, batched, check_batch_size, check_images, check_precision
 from jaxmetrics._io import save_npz_atomic
 
 WEIGHTS = "inception-2015-12-05"
@@ -51,11 +54,6 @@ _BN_EPS = 1e-3
 # Bump when the converted-parameter layout changes, so stale cache files are not read.
 _CONVERTED_FORMAT = 1
 
-_PRECISIONS = {
-    "highest": jax.lax.Precision.HIGHEST,
-    "high": jax.lax.Precision.HIGH,
-    "default": jax.lax.Precision.DEFAULT,
-}
 
 
 class FrozenBatchNorm(nn.Module):
@@ -257,7 +255,7 @@ def convert_state_dict(state_dict, source="state dict"):
   dropped. Every parameter of :class:`Inception` must be present with its exact shape, and no
   unknown tensor may be left over; otherwise :class:`CheckpointError` names what differs.
   """
-  shapes = {path: leaf.shape for path, leaf in _flatten(param_shapes())}
+  shapes = {path: leaf.shape for path, leaf in traverse_util.flatten_dict(param_shapes()).items()}
   flat, unknown = {}, []
   for name, array in state_dict.items():
     if name.endswith("num_batches_tracked"):
@@ -273,39 +271,13 @@ def convert_state_dict(state_dict, source="state dict"):
       raise CheckpointError(f"{source}: tensor {name!r} has shape {_torch_shape(path, array)}, "
                             f"expected {_torch_shape(path, np.empty(shapes[path]))} for the FID Inception-v3")
     flat[path] = np.ascontiguousarray(array)
-  missing = [".".join(p) for p in shapes if p not in flat]
-  if missing or unknown:
-    detail = []
-    if missing:
-      detail.append(f"{len(missing)} missing (e.g. {', '.join(missing[:3])})")
-    if unknown:
-      detail.append(f"{len(unknown)} unexpected (e.g. {', '.join(unknown[:3])})")
-    raise CheckpointError(f"{source}: not an FID Inception-v3 state dict: {'; '.join(detail)} tensors")
-  return _unflatten(flat)
+  return _params.assemble(flat, shapes, unknown, source, "an FID Inception-v3 state dict")
 
 
 def _torch_shape(path, array):
   if path[-1] == "kernel":
     return tuple(array.shape[i] for i in (3, 2, 0, 1)) if array.ndim == 4 else array.shape[::-1]
   return tuple(array.shape)
-
-
-def _flatten(tree, prefix=()):
-  for key, value in tree.items():
-    if isinstance(value, dict):
-      yield from _flatten(value, (*prefix, key))
-    else:
-      yield (*prefix, key), value
-
-
-def _unflatten(flat):
-  tree = {}
-  for path, value in flat.items():
-    node = tree
-    for key in path[:-1]:
-      node = node.setdefault(key, {})
-    node[path[-1]] = value
-  return tree
 
 
 def load_params(path=None, *, check_hash=True, cache=True, progress=True):
@@ -334,12 +306,12 @@ def load_params(path=None, *, check_hash=True, cache=True, progress=True):
   converted = weights.cache_dir() / "converted" / f"{WEIGHTS}-{digest}-v{_CONVERTED_FORMAT}.npz"
   if cache and converted.is_file():
     with np.load(converted) as data:
-      return _unflatten({tuple(k.split("/")): data[k] for k in data.files})
+      return traverse_util.unflatten_dict({tuple(k.split("/")): data[k] for k in data.files})
   params = convert_state_dict(torch_checkpoint.load_state_dict(source), source=str(source))
   if cache:
     try:
       converted.parent.mkdir(parents=True, exist_ok=True)
-      save_npz_atomic(converted, **{"/".join(p): v for p, v in _flatten(params)})
+      save_npz_atomic(converted, **traverse_util.flatten_dict(params, sep="/"))
     except OSError as e:
       # The cache is an optimisation: a read-only cache folder must not stop evaluation.
       warnings.warn(f"{converted}: cannot cache the converted weights ({e.strerror or e})", stacklevel=2)
@@ -347,40 +319,6 @@ def load_params(path=None, *, check_hash=True, cache=True, progress=True):
 
 
 # ------------------------------------------------------------------------------- public forward
-
-
-def check_images(images, name="images"):
-  """Validates a batch of images on the host; returns its ``(shape, dtype)``.
-
-  Accepts ``(N, H, W, 3)`` uint8 (0..255) or float ([0, 1]) NumPy/JAX arrays with N ≥ 1. Float
-  NumPy inputs are also checked for finite values in [0, 1]; JAX arrays are not, since that would
-  wait for the device.
-  """
-  shape = getattr(images, "shape", None)
-  dtype = getattr(images, "dtype", None)
-  if shape is None or dtype is None:
-    raise InputError(f"{name}: expected a NumPy or JAX array of shape (N, H, W, 3), "
-                     f"got {type(images).__name__}")
-  dtype = np.dtype(dtype)
-  shape = tuple(shape)
-  expected = "expected uint8 or float images of shape (N, H, W, 3)"
-  if len(shape) != 4:
-    raise InputError(f"{name}: {expected}, got {dtype} {shape}: rank {len(shape)}")
-  if shape[-1] != 3:
-    hint = ": channels-last is required" if shape[1] == 3 else ""
-    raise InputError(f"{name}: {expected}, got {dtype} {shape}{hint}")
-  if not (dtype == np.uint8 or np.issubdtype(dtype, np.floating) or dtype == jnp.bfloat16):
-    raise InputError(f"{name}: {expected}, got {dtype} {shape}: not an image dtype")
-  if shape[0] == 0 or shape[1] == 0 or shape[2] == 0:
-    raise InputError(f"{name}: {expected}, got an empty batch {shape}")
-  if isinstance(images, np.ndarray) and dtype != np.uint8:
-    if not np.isfinite(images).all():
-      raise InputError(f"{name}: float images must be finite, got NaN or inf values")
-    low, high = float(images.min()), float(images.max())
-    if low < 0.0 or high > 1.0:
-      raise InputError(f"{name}: float images must lie in [0, 1], got values in "
-                       f"[{low:.4g}, {high:.4g}]: pass uint8 for 0..255 data")
-  return shape, dtype
 
 
 def _to_pixels(images):
@@ -392,7 +330,7 @@ def _to_pixels(images):
 @functools.partial(jax.jit, static_argnames=("resize", "precision"))
 def _forward(params, images, resize="tf1", precision="highest"):
   x = _resize.resize(_to_pixels(images), mode=resize)
-  return Inception(precision=_PRECISIONS[precision]).apply({"params": params}, x)
+  return Inception(precision=PRECISIONS[precision]).apply({"params": params}, x)
 
 
 def features(params, images, *, resize="tf1", precision="highest", batch_size=None):
@@ -411,27 +349,12 @@ def features(params, images, *, resize="tf1", precision="highest", batch_size=No
   Returns:
     ``{"pool3": (N, 2048), "logits_unbiased": (N, 1008), "logits": (N, 1008)}`` float32 arrays.
   """
-  shape, _ = check_images(images)
+  check_images(images)
   if resize not in _resize.RESIZE_MODES:
     raise InputError(f"resize: expected one of {', '.join(_resize.RESIZE_MODES)}, got {resize!r}")
-  if precision not in _PRECISIONS:
-    raise InputError(f"precision: expected one of {', '.join(_PRECISIONS)}, got {precision!r}")
+  check_precision(precision)
+  check_batch_size(batch_size)
   if isinstance(images, np.ndarray) and images.dtype == np.float64:
     images = images.astype(np.float32)
-  n = shape[0]
-  if batch_size is None or batch_size >= n:
-    return _forward(params, images, resize=resize, precision=precision)
-  if batch_size < 1:
-    raise InputError(f"batch_size: expected a positive integer or None, got {batch_size}")
-  # Pad with the input's own array library: a NumPy tail padded into a JAX array would be a
-  # different argument type and compile a second time.
-  xp = np if isinstance(images, np.ndarray) else jnp
-  chunks = []
-  for start in range(0, n, batch_size):
-    chunk = images[start:start + batch_size]
-    pad = batch_size - chunk.shape[0]
-    if pad:
-      chunk = xp.concatenate([chunk, xp.zeros((pad, *shape[1:]), chunk.dtype)])
-    out = _forward(params, chunk, resize=resize, precision=precision)
-    chunks.append({k: v[:batch_size - pad] for k, v in out.items()})
-  return {k: jnp.concatenate([c[k] for c in chunks]) for k in OUTPUTS}
+  forward = functools.partial(_forward, params, resize=resize, precision=precision)
+  return batched(forward, images, batch_size)

@@ -16,12 +16,13 @@ change FID noticeably, so every number jaxmetrics prints names the mode it used:
   PIL's ``Image.resize(..., BICUBIC)`` on each float32 channel (antialiased when shrinking), clipped
   to [0, 255], then ``(x − 128) / 128``: clean-fid's "clean" mode. PIL's filter weights are
   computed on the host in float64 (they depend only on the sizes) and applied on device as two
-  matrix products, horizontal then vertical, as PIL does.
+  matrix products, in the order Pillow runs its two passes.
 
 All three run inside ``jit`` on any backend; the interpolation tables are compile-time constants.
 """
 
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -55,7 +56,7 @@ def resize(images, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="tf1"):
   if mode == "pytorch":
     x = _bilinear(images / 255.0, _half_pixel_taps(in_h, out_h), _half_pixel_taps(in_w, out_w))
     return 2.0 * x - 1.0
-  x = _separable(images, _pil_bicubic_matrix(in_h, out_h), _pil_bicubic_matrix(in_w, out_w))
+  x = _separable(images, pil_bicubic_matrix(in_h, out_h), pil_bicubic_matrix(in_w, out_w))
   return (jnp.clip(x, 0.0, 255.0) - 128.0) / 128.0
 
 
@@ -108,26 +109,62 @@ def _bicubic(t):
 
 
 @functools.lru_cache(maxsize=None)
-def _pil_bicubic_matrix(in_size, out_size):
-  """PIL's ``precompute_coeffs`` for BICUBIC as a dense ``(out_size, in_size)`` float32 matrix."""
+def pil_bicubic_weights(in_size, out_size):
+  """Pillow's ``precompute_coeffs`` for BICUBIC: first input index ``(out,)`` and float64 weights
+  ``(out, taps)``, zero past each window.
+
+  Pillow's exact operation order — ``(x + xmin − center + 0.5) · (1 / filterscale)`` and a
+  sequential sum — because its 8-bit path rounds ``k · 2²²`` to an integer, and a last-bit
+  difference can move a coefficient across a rounding boundary.
+  """
   scale = in_size / out_size
   filterscale = max(scale, 1.0)
   support = 2.0 * filterscale
-  matrix = np.zeros((out_size, in_size), np.float64)
+  taps = int(math.ceil(support)) * 2 + 1
+  inv = 1.0 / filterscale
+  first = np.zeros(out_size, np.int32)
+  weights = np.zeros((out_size, taps), np.float64)
   for xx in range(out_size):
     center = (xx + 0.5) * scale
     # C's (int) cast truncates towards zero, then the window is clipped to the image.
     xmin = max(int(center - support + 0.5), 0)
-    xmax = min(int(center + support + 0.5), in_size)
-    taps = np.arange(xmin, xmax)
-    w = _bicubic((taps - center + 0.5) / filterscale)
-    total = w.sum()
-    matrix[xx, xmin:xmax] = w / total if total != 0.0 else w
+    count = min(int(center + support + 0.5), in_size) - xmin
+    w = _bicubic((np.arange(count) + xmin - center + 0.5) * inv)
+    total = np.cumsum(w)[-1]  # cumsum adds in order, as Pillow's loop; np.sum is pairwise
+    first[xx] = xmin
+    weights[xx, :count] = w / total if total != 0.0 else w
+  return first, weights
+
+
+@functools.lru_cache(maxsize=None)
+def pil_bicubic_matrix(in_size, out_size):
+  """:func:`pil_bicubic_weights` as a dense ``(out_size, in_size)`` float32 matrix."""
+  first, weights = pil_bicubic_weights(in_size, out_size)
+  matrix = np.zeros((out_size, in_size), np.float64)
+  rows = np.arange(out_size)[:, None]
+  cols = first[:, None] + np.arange(weights.shape[1])[None, :]
+  valid = cols < in_size
+  matrix[np.broadcast_to(rows, cols.shape)[valid], cols[valid]] = weights[valid]
   return matrix.astype(np.float32)
 
 
+def pil_horizontal_first(in_h, in_w, out_h, out_w):
+  """Whether Pillow resamples horizontally before vertically (``ImagingResampleInner``).
+
+  Since Pillow 13 the vertical pass goes first when the height shrinks by more than twice as many
+  pixels as the width (``in_h − out_h > 0`` and ``in_h − out_h > 2 · (in_w − out_w)``); older
+  Pillow always went horizontally first. The order decides the float32 (mode F) or 8-bit rounding
+  of the intermediate image.
+  """
+  shrink_h = in_h - out_h
+  return not (shrink_h > 0 and shrink_h > 2 * (in_w - out_w))
+
+
 def _separable(x, rows, cols):
-  # PIL resamples horizontally first and stores that pass as float32 before the vertical one.
+  # PIL stores the first pass as float32 before the second; the order follows Pillow's rule.
   highest = jax.lax.Precision.HIGHEST
-  x = jnp.einsum("pw,nhwc->nhpc", jnp.asarray(cols), x, precision=highest)
-  return jnp.einsum("oh,nhpc->nopc", jnp.asarray(rows), x, precision=highest)
+  horizontal = lambda v: jnp.einsum("pw,nhwc->nhpc", jnp.asarray(cols), v, precision=highest)
+  vertical = lambda v: jnp.einsum("oh,nhwc->nowc", jnp.asarray(rows), v, precision=highest)
+  if pil_horizontal_first(x.shape[1], x.shape[2], rows.shape[0], cols.shape[0]):
+    return vertical(horizontal(x))
+  return horizontal(vertical(x))

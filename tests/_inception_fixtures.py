@@ -40,6 +40,9 @@ def test_images(seed, n, height, width):
   return np.clip(field + rng.normal(0, 20, field.shape), 0, 255).astype(np.uint8)
 
 
+test_images.__test__ = False  # a helper: pytest must not collect it where it is imported
+
+
 def random_state_dict(seed=0):
   """A state dict with torch-fidelity's key names and healthy random values (see module doc)."""
   torch.manual_seed(seed)

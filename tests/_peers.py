@@ -7,7 +7,6 @@ installed folder and import the submodules directly: the peer's code runs unmodi
 
 import importlib
 import importlib.util
-import os
 import sys
 import types
 
@@ -18,9 +17,9 @@ def torch_fidelity_module(name):
     spec = importlib.util.find_spec("torch_fidelity")
     if spec is None or spec.origin is None:
       raise ImportError("torch-fidelity is not installed (pip install --no-deps torch-fidelity)")
-    package = types.ModuleType("torch_fidelity")
-    package.__path__ = [os.path.dirname(spec.origin)]
-    sys.modules["torch_fidelity"] = package
+    # module_from_spec gives the package its __spec__ and __path__ without executing __init__;
+    # a bare ModuleType lacks __spec__, which breaks importers that look for it (torchmetrics).
+    sys.modules["torch_fidelity"] = importlib.util.module_from_spec(spec)
   return importlib.import_module(f"torch_fidelity.{name}")
 
 
@@ -34,15 +33,8 @@ def torch_fidelity_metric_module(name):
   ``*_features_to_metric`` / ``*_featuresdict_to_metric`` functions call none of the four (they use
   only ``helpers``, NumPy and torch), so a stand-in ``utils`` whose every attribute raises when
   called keeps the peer's math unmodified: if it ever reached for ``utils``, the test would fail.
-
-  ``metric_kid`` also wraps its subset loop in ``tqdm`` for a progress bar, and ``--no-deps`` does
-  not install tqdm; where it is missing, a stand-in that returns the iterable takes its place.
   """
   torch_fidelity_module("helpers")
-  if importlib.util.find_spec("tqdm") is None and "tqdm" not in sys.modules:
-    stand_in = types.ModuleType("tqdm")
-    stand_in.tqdm = lambda iterable=None, *args, **kwargs: iterable
-    sys.modules["tqdm"] = stand_in
   if "torch_fidelity.utils" not in sys.modules:
     stand_in = types.ModuleType("torch_fidelity.utils")
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import torch
+from flax import traverse_util
 from PIL import Image
 
 from jaxmetrics import inception
@@ -31,6 +32,10 @@ def reference(checkpoints):
     images = fixtures.test_images(h * 1000 + w, 2, h, w)
     out[h, w] = images, fixtures.torch_fidelity_features(extractor, images)
   return out
+
+
+def _leaves(tree):
+  return sorted(traverse_util.flatten_dict(tree).items())
 
 
 def _relative_l2(a, b):
@@ -66,7 +71,7 @@ def test_legacy_and_zip_files_give_identical_params(checkpoints, tmp_path, monke
   monkeypatch.setenv("JAXMETRICS_CACHE", str(tmp_path))
   a = inception.load_params(checkpoints["legacy"], check_hash=False, cache=False)
   b = inception.load_params(checkpoints["zip"], check_hash=False, cache=False)
-  for (path, x), (_, y) in zip(inception._flatten(a), inception._flatten(b)):
+  for (path, x), (_, y) in zip(_leaves(a), _leaves(b)):
     np.testing.assert_array_equal(x, y, err_msg="/".join(path))
 
 
@@ -81,7 +86,7 @@ def test_converted_params_are_cached_and_reused(checkpoints, tmp_path, monkeypat
 
   monkeypatch.setattr(inception.torch_checkpoint, "load_state_dict", fail)
   second = inception.load_params(checkpoints["legacy"], check_hash=False)
-  for (path, x), (_, y) in zip(inception._flatten(first), inception._flatten(second)):
+  for (path, x), (_, y) in zip(_leaves(first), _leaves(second)):
     np.testing.assert_array_equal(x, y, err_msg="/".join(path))
 
 
@@ -170,6 +175,16 @@ def test_clean_resize_matches_pil_bicubic_on_float_channels(in_hw):
   # PIL accumulates in float64 with float64 weights; we multiply float32 matrices at HIGHEST
   # precision: ~1e-6 of the 0..255 range, far below one grey level (1/128 after normalising).
   np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5)
+
+
+@pytest.mark.parametrize("in_size, out_size", [(333, 224), (61, 224), (224, 224), (1000, 299), (50, 7)])
+def test_pil_bicubic_matrix_is_pillows_own_filter(in_size, out_size):
+  # Row r of an identity image is an impulse at column r; Pillow resizing only the width (mode F,
+  # float64 accumulation, one float32 rounding) returns column r of the coefficient matrix.
+  identity = Image.fromarray(np.eye(in_size, dtype=np.float32), mode="F")
+  expected = np.asarray(identity.resize((out_size, in_size), Image.BICUBIC)).T
+  np.testing.assert_allclose(resize_lib.pil_bicubic_matrix(in_size, out_size), expected,
+                             rtol=0, atol=1e-7)  # float32 rounding of weights ≤ 1.25
 
 
 @pytest.mark.parametrize("images, message", [
