@@ -5,6 +5,7 @@ The FID Inception-v3 as a Flax module that reproduces the TensorFlow reference n
 built on it. What users call is re-exported here; other modules are free to change.
 """
 
+from jaxmetrics import clip
 from jaxmetrics import inception
 from jaxmetrics import weights
 from jaxmetrics._errors import CheckpointError
@@ -21,16 +22,24 @@ from jaxmetrics.reconstruction import ReconstructionState
 from jaxmetrics.reconstruction import psnr
 from jaxmetrics.reconstruction import reconstruction_error
 from jaxmetrics.reconstruction import ssim
+from jaxmetrics.semantic import ClipScore
+from jaxmetrics.semantic import SemanticSimilarity
+from jaxmetrics.semantic import clip_score
+from jaxmetrics.semantic import semantic_similarity
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "CheckpointError",
+    "ClipScore",
     "InputError",
     "JaxmetricsError",
     "ReconstructionState",
+    "SemanticSimilarity",
     "WeightsError",
     "InceptionScoreState",
+    "clip",
+    "clip_score",
     "contiguous_split",
     "features",
     "inception",
@@ -39,6 +48,7 @@ __all__ = [
     "load_params",
     "psnr",
     "reconstruction_error",
+    "semantic_similarity",
     "ssim",
     "weights",
 ]
