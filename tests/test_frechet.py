@@ -1,0 +1,276 @@
+"""Tests of the Fréchet distance kernel against float64 SciPy references and the peers' routes.
+
+Tolerances: FID is the cancellation ‖Δμ‖² + tr Σ₁ + tr Σ₂ − 2 tr √(Σ₁Σ₂) of terms larger than the
+result, so its round-off is bounded relative to their size, ``scale = tr Σ₁ + tr Σ₂ + ‖Δμ‖²``, not
+relative to FID. Over 20 seeds of these data (d = 128) the float32 kernel stayed within 3.9 ε·scale
+(ε = 1.19e-7) of the float64 reference, rank-deficient, identical and 1e±3-scaled cases included;
+the tests allow F32_TOL = 32 ε·scale: room for other LAPACK/BLAS builds without hiding a real loss,
+which shows up as 1e-4·scale and more (the eigvalsh-of-the-sandwich route: 3e-4·scale at d = 2048
+with N < d, 7e-4·scale on identical statistics; benchmarks/results/frechet_kernel.md).
+"""
+
+import ast
+import importlib.util
+import os
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.linalg
+
+from jaxmetrics._errors import InputError
+from jaxmetrics.frechet import FrechetReference
+from jaxmetrics.frechet import frechet_distance
+from jaxmetrics.frechet import frechet_distance_from_features
+
+D = 128
+F32_TOL = 32 * np.finfo(np.float32).eps
+# float64 kernel vs float64 reference: both are a few ε64·scale from the truth (measured ≤ 1e-15);
+# 1e-12 is far below anything a float32 step in the float64 path would produce (1e-7).
+F64_TOL = 1e-12
+
+
+def _features(seed, n, d=D, scale=1.0, tilt=0.0):
+  """Inception-like features: ReLU of a rotated Gaussian with a 1/k^(1+tilt) spectrum, mean ~0.5."""
+  rng = np.random.default_rng(seed)
+  rotation, _ = np.linalg.qr(np.random.default_rng(1000 + int(tilt * 100)).standard_normal((d, d)))
+  z = rng.standard_normal((n, d)) * np.arange(1, d + 1) ** (-(1.0 + tilt) / 2)
+  return scale * np.maximum(z @ rotation.T + 0.5 + tilt, 0)
+
+
+def _stats(x):
+  return x.mean(axis=0), np.cov(x, rowvar=False)
+
+
+def _reference_fid(mu1, sigma1, mu2, sigma2):
+  """Textbook float64 FID: √Σ₁ by scipy eigh, then eigvalsh of the symmetric √Σ₁ Σ₂ √Σ₁."""
+  w, v = scipy.linalg.eigh(sigma1)
+  root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+  lam = scipy.linalg.eigh(root1 @ sigma2 @ root1, eigvals_only=True)
+  diff = mu1 - mu2
+  trace_sqrt = np.sqrt(np.clip(lam, 0, None)).sum()
+  return diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt
+
+
+def _exact_features_fid(x, y):
+  """Float64 FID from features: nuclear norm of X Yᵀ by scipy's SVD, exact when N < d."""
+  xc, yc = x - x.mean(axis=0), y - y.mean(axis=0)
+  n1, n2 = len(x), len(y)
+  nuclear = scipy.linalg.svdvals(xc @ yc.T).sum() / np.sqrt((n1 - 1) * (n2 - 1))
+  diff = x.mean(axis=0) - y.mean(axis=0)
+  return diff @ diff + (xc**2).sum() / (n1 - 1) + (yc**2).sum() / (n2 - 1) - 2 * nuclear
+
+
+def _scale(mu1, sigma1, mu2, sigma2):
+  return np.trace(sigma1) + np.trace(sigma2) + np.sum((mu1 - mu2) ** 2)
+
+
+def _torch_fidelity_fid():
+  """torch-fidelity's own ``fid_statistics_to_metric``, run unmodified.
+
+  Its module imports torchvision (no CPU wheel here) through ``torch_fidelity.utils``, so the
+  function's source is taken from the installed file and executed with the names it uses.
+  """
+  spec = importlib.util.find_spec("torch_fidelity")
+  if spec is None:
+    pytest.skip("torch-fidelity is not installed (pip install --no-deps torch-fidelity)")
+  path = os.path.join(os.path.dirname(spec.origin), "metric_fid.py")
+  with open(path) as f:
+    module = ast.parse(f.read())
+  (function,) = [n for n in module.body if getattr(n, "name", "") == "fid_statistics_to_metric"]
+  namespace = {"np": np, "vprint": lambda *args: None, "KEY_METRIC_FID": "fid"}
+  exec(compile(ast.Module([function], type_ignores=[]), path, "exec"), namespace)  # noqa: S102
+  return lambda mu1, s1, mu2, s2: namespace["fid_statistics_to_metric"](
+      {"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, verbose=False)["fid"]
+
+
+CASES = {
+    # name: (samples of x, samples of y, feature scale)
+    "well_conditioned": (2000, 3000, 1.0),
+    "rank_deficient_both": (60, 90, 1.0),
+    "rank_deficient_one": (60, 3000, 1.0),
+    "large_scale": (2000, 3000, 1e3),
+    "small_scale": (2000, 3000, 1e-3),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_float32_matches_float64_reference(case):
+  n1, n2, scale = CASES[case]
+  x, y = _features(1, n1, scale=scale), _features(2, n2, scale=scale, tilt=0.1)
+  stats = (*_stats(x), *_stats(y))
+  reference = _reference_fid(*stats)
+  fid = frechet_distance(*stats)  # NumPy float64 with x64 off: computed in float32
+  assert fid.dtype == jnp.float32 and fid.shape == ()
+  assert abs(float(fid) - reference) <= F32_TOL * _scale(*stats)
+  jax_f32 = frechet_distance(*[jnp.asarray(a, jnp.float32) for a in stats])
+  assert abs(float(jax_f32) - reference) <= F32_TOL * _scale(*stats)
+
+
+@pytest.mark.parametrize("case", ["well_conditioned", "rank_deficient_one", "large_scale"])
+def test_float64_with_x64(case):
+  n1, n2, scale = CASES[case]
+  x, y = _features(1, n1, scale=scale), _features(2, n2, scale=scale, tilt=0.1)
+  stats = (*_stats(x), *_stats(y))
+  # With N < d the textbook reference itself carries √(ε64·λ) per null direction (~1e-9 relative);
+  # the nuclear norm of X Yᵀ has no such term, so it is the reference there.
+  reference = _reference_fid(*stats) if min(n1, n2) > D else _exact_features_fid(x, y)
+  with jax.enable_x64(True):
+    fid = frechet_distance(*stats)
+  assert fid.dtype == jnp.float64
+  assert abs(float(fid) - reference) <= F64_TOL * _scale(*stats)
+
+
+def test_identical_statistics_give_zero():
+  for n in (2000, 60):  # full rank and rank-deficient
+    mu, sigma = _stats(_features(3, n))
+    # |FID| of identical inputs is pure round-off: ≤ F32_TOL·scale (scale = 2 tr Σ ≈ 20 here).
+    assert abs(float(frechet_distance(mu, sigma, mu, sigma))) <= F32_TOL * 2 * np.trace(sigma)
+    with jax.enable_x64(True):
+      assert abs(float(frechet_distance(mu, sigma, mu, sigma))) <= F64_TOL * 2 * np.trace(sigma)
+
+
+def test_near_identical_statistics():
+  x = _features(4, 2000)
+  mu1, sigma1 = _stats(x)
+  mu2, sigma2 = _stats(x[:1990] * (1 + 1e-4))  # FID ~1e-2 of the traces: 100x cancellation
+  stats = (mu1, sigma1, mu2, sigma2)
+  reference = _reference_fid(*stats)
+  assert 0 < reference < 0.02 * _scale(*stats)
+  assert abs(float(frechet_distance(*stats)) - reference) <= F32_TOL * _scale(*stats)
+
+
+def test_matches_pytorch_fid_sqrtm_route():
+  """pytorch-fid's route: trace of scipy.linalg.sqrtm(Σ₁Σ₂) in float64, on well-conditioned data."""
+  x, y = _features(5, 2000, d=64), _features(6, 3000, d=64, tilt=0.1)
+  mu1, sigma1 = _stats(x)
+  mu2, sigma2 = _stats(y)
+  covmean = scipy.linalg.sqrtm(sigma1.dot(sigma2))
+  diff = mu1 - mu2
+  peer = diff.dot(diff) + np.trace(sigma1) + np.trace(sigma2) - 2 * np.trace(covmean).real
+  with jax.enable_x64(True):
+    fid = float(frechet_distance(mu1, sigma1, mu2, sigma2))
+  # sqrtm's Schur method loses ~κ·ε64 (κ(Σ₁Σ₂) ~ 1e3 here): 1e-10 of the scale is ample.
+  assert abs(fid - peer) <= 1e-10 * _scale(mu1, sigma1, mu2, sigma2)
+  assert abs(float(frechet_distance(mu1, sigma1, mu2, sigma2)) - peer) <= (
+      F32_TOL * _scale(mu1, sigma1, mu2, sigma2))
+
+
+def test_matches_torch_fidelity():
+  """torch-fidelity's own function (eigvals of Σ₁Σ₂, real part of the square roots), float64."""
+  peer_fid = _torch_fidelity_fid()
+  x, y = _features(7, 2000, d=64), _features(8, 3000, d=64, tilt=0.1)
+  stats = (*_stats(x), *_stats(y))
+  peer = peer_fid(*stats)
+  with jax.enable_x64(True):
+    fid = float(frechet_distance(*stats))
+  # Non-symmetric eigvals of a κ ~ 1e3 product: ~κ·ε64 relative per eigenvalue, 1e-10 is ample.
+  assert abs(fid - peer) <= 1e-10 * _scale(*stats)
+
+
+@pytest.mark.parametrize("n1, n2", [(2000, 3000), (60, 90), (60, 3000)])
+def test_features_route(n1, n2):
+  x, y = _features(9, n1), _features(10, n2, tilt=0.1)
+  # The SVD of the N₁ x N₂ matrix X Yᵀ is the exact reference for N < d, the textbook one (much
+  # cheaper there) for N > d, where it has no null space to take square roots of.
+  exact = _exact_features_fid(x, y) if min(n1, n2) < D else _reference_fid(*_stats(x), *_stats(y))
+  scale = _scale(*_stats(x), *_stats(y))
+  if min(n1, n2) < D:
+    with pytest.warns(UserWarning, match=r"fewer than d = 128.*biased.*exact small-sample route"):
+      fid = frechet_distance_from_features(x, y)
+  else:
+    with warnings.catch_warnings():
+      warnings.simplefilter("error", UserWarning)  # no warning with enough samples
+      fid = frechet_distance_from_features(x, y)
+    # On N > d data both routes factor the same covariances: they agree to float32 round-off.
+    assert abs(float(fid) - float(frechet_distance(*_stats(x), *_stats(y)))) <= F32_TOL * scale
+  assert abs(float(fid) - exact) <= F32_TOL * scale
+  with jax.enable_x64(True), warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)  # the N < d warning is checked above
+    fid64 = frechet_distance_from_features(x, y)
+  assert abs(float(fid64) - exact) <= F64_TOL * scale
+
+
+def test_reference_matches_frechet_distance():
+  x, y = _features(11, 500, d=32), _features(12, 700, d=32, tilt=0.1)
+  (mu1, sigma1), (mu2, sigma2) = _stats(x), _stats(y)
+  direct = float(frechet_distance(mu1, sigma1, mu2, sigma2))
+  ref = FrechetReference.create(mu1, sigma1)
+  # Same operations, compiled in two programs: equal up to a few float32 ulps of the scale.
+  tol = 4 * np.finfo(np.float32).eps * _scale(mu1, sigma1, mu2, sigma2)
+  assert abs(float(ref.distance(mu2, sigma2)) - direct) <= tol
+  jitted = jax.jit(lambda ref, mu, sigma: ref.distance(mu, sigma))
+  assert abs(float(jitted(ref, mu2, sigma2)) - direct) <= tol
+  inside = jax.jit(lambda mu1, sigma1, mu2, sigma2: FrechetReference.create(mu1, sigma1).distance(
+      mu2, sigma2))
+  assert abs(float(inside(mu1, sigma1, mu2, sigma2)) - direct) <= tol
+  with jax.enable_x64(True):
+    ref64 = FrechetReference.create(mu1, sigma1)
+    assert ref64.factor.dtype == jnp.float64
+    assert abs(float(ref64.distance(mu2, sigma2)) - float(frechet_distance(
+        mu1, sigma1, mu2, sigma2))) <= F64_TOL * _scale(mu1, sigma1, mu2, sigma2)
+
+
+def test_jit_and_tracers():
+  mu1, sigma1 = _stats(_features(13, 500, d=16))
+  mu2, sigma2 = _stats(_features(14, 500, d=16, tilt=0.1))
+  eager = float(frechet_distance(mu1, sigma1, mu2, sigma2))
+  jitted = float(jax.jit(frechet_distance)(mu1, sigma1, mu2, sigma2))
+  assert abs(jitted - eager) <= F32_TOL * _scale(mu1, sigma1, mu2, sigma2)
+
+
+def _good(d=8):
+  mu, sigma = _stats(_features(15, 100, d=d))
+  return mu, sigma
+
+
+BAD_INPUTS = {
+    "non_square": (lambda m, s: frechet_distance(m, s[:, :-1], m, s),
+                   r"^sigma1: expected a square \(d, d\) matrix matching mu1 of shape \(8,\), "
+                   r"got \(8, 7\)$"),
+    "mismatched_d": (lambda m, s: frechet_distance(m, s, m[:4], s[:4, :4]),
+                     r"^mu2: expected shape \(8,\) matching mu1, got \(4,\)$"),
+    "matrix_mean": (lambda m, s: frechet_distance(m[None], s, m, s),
+                    r"^mu1: expected a mean vector"),
+    "nan_sigma": (lambda m, s: frechet_distance(m, s, m, np.where(np.eye(8) > 0, np.nan, s)),
+                  r"^sigma2: expected finite float32 values, got 8 NaN and 0 inf"),
+    "inf_mean_jax": (lambda m, s: frechet_distance(jnp.asarray(m).at[0].set(jnp.inf), s, m, s),
+                     r"^mu1: expected finite float32 values, got 0 NaN and 1 inf"),
+    "float32_overflow": (lambda m, s: frechet_distance(m * 1e39, s, m, s),
+                         r"^mu1: expected finite float32 values, got 0 NaN and 8 inf"),
+    "complex": (lambda m, s: frechet_distance(m + 0j, s, m, s), r"^mu1: expected real"),
+    "reference_mismatch": (lambda m, s: FrechetReference.create(m, s).distance(m[:4], s[:4, :4]),
+                           r"^mu: expected shape \(8,\) matching reference mu, got \(4,\)$"),
+    "one_sample": (lambda m, s: frechet_distance_from_features(np.ones((1, 8)), np.ones((5, 8))),
+                   r"^x: expected at least 2 samples to estimate a covariance, "
+                   r"got shape \(1, 8\)$"),
+    "features_mismatched_d": (
+        lambda m, s: frechet_distance_from_features(np.ones((5, 8)), np.ones((5, 7))),
+        r"^y: expected d = 8 features per sample matching x of shape \(5, 8\), "
+        r"got shape \(5, 7\)$"),
+    "nan_features": (
+        lambda m, s: frechet_distance_from_features(np.full((20, 8), np.nan), np.ones((20, 8))),
+        r"^x: expected finite float32 values, got 160 NaN"),
+    "features_1d": (lambda m, s: frechet_distance_from_features(np.ones(8), np.ones((5, 8))),
+                    r"^x: expected features of shape \(N, d\), got shape \(8,\)$"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_INPUTS)
+def test_bad_inputs_raise_one_line_input_error(case):
+  call, message = BAD_INPUTS[case]
+  with pytest.raises(InputError, match=message) as error:
+    call(*_good())
+  assert "\n" not in str(error.value)
+
+
+def test_no_nan_for_degenerate_valid_input():
+  d = 8
+  zero = np.zeros((d, d))
+  mu = np.arange(d, dtype=np.float64)
+  # Zero covariances (a single repeated sample) and negative round-off eigenvalues stay finite.
+  assert float(frechet_distance(mu, zero, mu + 1, zero)) == pytest.approx(d)
+  tiny_negative = np.diag(np.r_[np.ones(d - 1), -1e-9])
+  assert np.isfinite(float(frechet_distance(mu, tiny_negative, mu, np.eye(d))))
