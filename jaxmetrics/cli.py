@@ -2,12 +2,20 @@
 
 ::
 
-  jaxmetrics features DIR [--weights FILE] [-o features.npz]   # Inception features of a folder
-  jaxmetrics weights download|verify|path                      # manage the checkpoint cache
+  jaxmetrics fid A B                        # FID between two sources
+  jaxmetrics is A                           # Inception Score
+  jaxmetrics kid A B                        # Kernel Inception Distance
+  jaxmetrics eval A B --metrics fid,is,kid  # several metrics from one feature pass per source
+  jaxmetrics stats A -o ref.npz             # reference statistics (pytorch-fid's .npz format)
+  jaxmetrics features A [-o features.npz]   # Inception features of every image of a source
+  jaxmetrics weights download|verify|path   # manage the checkpoint cache
+
+A source is a folder of images, an ``.npy``/``.npz`` image array, or a saved statistics ``.npz``
+(``mu``, ``sigma``: ours, pytorch-fid's, clean-fid's, guided-diffusion's reference batches).
 
 Exit codes: 0 success; 2 a usage error or bad input named on the command line (a missing folder, a
-bad option); 1 a runtime failure (download, unreadable or mismatching weights file). Errors print
-one line on stderr; ``--debug`` shows the traceback instead.
+bad option, too few images); 1 a runtime failure (download, unreadable or mismatching weights
+file). Errors print one line on stderr; ``--debug`` shows the traceback instead.
 """
 
 import argparse
@@ -31,18 +39,53 @@ def _parser():
   parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
   commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
+  metric = argparse.ArgumentParser(add_help=False)
+  _weights_options(metric)
+  _pass_options(metric)
+  metric.add_argument("--num-samples", type=_positive_int, metavar="N",
+                      help="use the first N images of each source (an error if one has fewer)")
+  metric.add_argument("--no-cache", dest="cache", action="store_false",
+                      help="neither read nor write the statistics cache")
+  _output_options(metric)
+
+  kid = argparse.ArgumentParser(add_help=False)
+  kid.add_argument("--kid-subsets", type=_positive_int, default=100, help="KID subsets (100)")
+  kid.add_argument("--kid-subset-size", type=_positive_int, default=1000,
+                   help="samples per KID subset (1000)")
+
+  for name, sources, help_text, parents in (
+      ("fid", 2, "Fréchet Inception Distance between two sources", [metric]),
+      ("is", 1, "Inception Score of a source", [metric]),
+      ("kid", 2, "Kernel Inception Distance between two sources", [metric, kid]),
+      ("eval", 2, "several metrics from one feature pass per source", [metric, kid])):
+    command = commands.add_parser(name, parents=parents, help=help_text, description=help_text + ".")
+    command.add_argument("a", metavar="A", help="folder, .npy/.npz images, or saved statistics")
+    if sources == 2:
+      command.add_argument("b", metavar="B", help="folder, .npy/.npz images, or saved statistics")
+    if name == "eval":
+      command.add_argument("--metrics", default="fid,is,kid",
+                           help="comma-separated: fid, is (of A), kid (default: all)")
+      command.set_defaults(run=_metric)
+    else:
+      command.set_defaults(run=_metric, metrics=name)
+
+  stats = commands.add_parser("stats", parents=[metric], help="save FID reference statistics",
+                              description="Write the FID statistics (mu, sigma) of a source as an "
+                                          ".npz that pytorch-fid and clean-fid read too.")
+  stats.add_argument("a", metavar="A", help="folder or .npy/.npz images")
+  stats.add_argument("-o", "--output", required=True, help="the .npz to write")
+  stats.set_defaults(run=_stats)
+
   features = commands.add_parser(
       "features", help="Inception features (pool3, logits) of a folder of images",
-      description="Compute FID Inception-v3 features of every image under a folder (recursive).")
-  features.add_argument("source", help="folder of images (PNG, JPEG, WebP, BMP, …)")
+      description="Compute FID Inception-v3 features of every image under a folder (recursive) "
+                  "or in an .npy/.npz array.")
+  features.add_argument("source", help="folder of images (PNG, JPEG, WebP, BMP, …) or .npy/.npz images")
   features.add_argument("-o", "--output", help="write pool3, logits_unbiased, logits and file names "
                         "to this .npz")
   _weights_options(features)
-  features.add_argument("--resize", choices=RESIZE_MODES, default="tf1",
-                        help="tf1: the TF reference (default); pytorch: pytorch-fid; clean: clean-fid")
-  features.add_argument("--batch-size", type=_positive_int, default=50, help="images per step (50)")
-  features.add_argument("--json", action="store_true", help="print a JSON summary on stdout")
-  features.add_argument("--quiet", action="store_true", help="print nothing but errors (and --json)")
+  _pass_options(features)
+  _output_options(features)
   features.set_defaults(run=_features)
 
   manage = commands.add_parser("weights", help="download, verify or locate checkpoints",
@@ -64,6 +107,30 @@ def _weights_options(parser):
                            "(custom or fine-tuned weights)")
 
 
+def _pass_options(parser):
+  parser.add_argument("--resize", choices=RESIZE_MODES, default="tf1",
+                      help="tf1: the TF reference (default); pytorch: pytorch-fid; clean: clean-fid")
+  parser.add_argument("--batch-size", type=_positive_int, metavar="N",
+                      help="images per step over all devices (default 32 per device)")
+  parser.add_argument("--image-size", type=_size, metavar="H,W",
+                      help="centre-crop and resize other-sized folder images to H×W on the host")
+
+
+def _output_options(parser):
+  parser.add_argument("--json", action="store_true", help="print the result as JSON on stdout")
+  parser.add_argument("--quiet", action="store_true", help="print nothing but errors (and --json)")
+
+
+def _size(text):
+  try:
+    h, w = (int(v) for v in text.split(","))
+    if h < 1 or w < 1:
+      raise ValueError
+  except ValueError:
+    raise argparse.ArgumentTypeError(f"expected two positive integers H,W, got {text}") from None
+  return h, w
+
+
 def _positive_int(text):
   value = int(text)
   if value < 1:
@@ -72,44 +139,93 @@ def _positive_int(text):
 
 
 def _features(args):
-  from jaxmetrics import inception, sources  # JAX starts only for commands that need it.
+  from jaxmetrics import extract, inception, sources  # JAX starts only for commands that need it.
 
   if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
     raise InputError(f"--output {args.output}: its folder does not exist")
-  paths, images = sources.read_folder(args.source)
-  params = inception.load_params(args.weights, check_hash=args.check_hash, progress=not args.quiet)
-  start = time.perf_counter()
-  out = {k: np.zeros((len(images), d), np.float32)
-         for k, d in (("pool3", inception.POOL3_DIM), ("logits_unbiased", inception.NUM_CLASSES),
-                      ("logits", inception.NUM_CLASSES))}
-  by_shape = {}
-  for i, image in enumerate(images):
-    by_shape.setdefault(image.shape, []).append(i)
-  for indices in by_shape.values():
-    got = inception.features(params, np.stack([images[i] for i in indices]), resize=args.resize,
-                             batch_size=args.batch_size)
-    for key in out:
-      out[key][indices] = np.asarray(got[key])
-  seconds = time.perf_counter() - start
+  source = sources.open_source(args.source, image_size=args.image_size)
+  try:
+    params = inception.load_params(args.weights, check_hash=args.check_hash, progress=not args.quiet)
+    start = time.perf_counter()
+    result = extract.extract(source, params, batch_size=args.batch_size, resize=args.resize,
+                             keep_features=inception.OUTPUTS, progress=not args.quiet)
+    seconds = time.perf_counter() - start
+  finally:
+    source.close()
+  out = result.outputs
+  if isinstance(source, sources.FolderSource):
+    names = [str(source.paths[i]) for i in result.index]
+  else:
+    names = [f"row {i}" for i in (result.index if result.index is not None else range(result.count))]
   if args.output:
-    save_npz_atomic(args.output, files=np.array([str(p) for p in paths]), **out)
+    save_npz_atomic(args.output, files=np.array(names), **out)
   summary = {
-      "source": args.source, "n": len(images), "resize": args.resize,
+      "source": args.source, "n": result.count, "resize": args.resize,
       "weights": str(args.weights) if args.weights else weights.DEFAULT,
       "seconds_including_compilation": round(seconds, 3),
       "output": args.output,
-      "images": [{"file": str(p), "pool3_norm": float(np.linalg.norm(out["pool3"][i])),
-                  "top_class": int(np.argmax(out["logits"][i]))} for i, p in enumerate(paths)],
+      "images": [{"file": name, "pool3_norm": float(np.linalg.norm(out["pool3"][i])),
+                  "top_class": int(np.argmax(out["logits"][i]))} for i, name in enumerate(names)],
   }
   if args.json:
     print(json.dumps(summary))
   elif not args.quiet:
-    print(f"{len(images)} images from {args.source}: weights {summary['weights']}, resize "
+    print(f"{result.count} images from {args.source}: weights {summary['weights']}, resize "
           f"{args.resize}; {seconds:.2f} s including compilation")
     for item in summary["images"]:
       print(f"{item['file']}\t|pool3| {item['pool3_norm']:.4f}\ttop class {item['top_class']}")
     if args.output:
       print(f"wrote {args.output}")
+  return 0
+
+
+def _evaluator_options(args):
+  return dict(weights=args.weights, check_hash=args.check_hash, resize=args.resize,
+              batch_size=args.batch_size, num_samples=args.num_samples, image_size=args.image_size,
+              cache=args.cache, progress=not args.quiet)
+
+
+def _metric(args):
+  from jaxmetrics import evaluation  # JAX starts only for commands that need it.
+
+  two = getattr(args, "b", None) is not None
+  results = evaluation.evaluate(
+      args.a, getattr(args, "b", None), metrics=args.metrics, **_evaluator_options(args),
+      kid_subsets=getattr(args, "kid_subsets", 100),
+      kid_subset_size=getattr(args, "kid_subset_size", 1000))
+  results = {"a": args.a, **({"b": args.b} if two else {}), **results,
+             "weights": args.weights or weights.DEFAULT}
+  if args.json:
+    print(json.dumps(results))
+  elif not args.quiet:
+    lines = []
+    if "fid" in results:
+      lines.append(f"FID  {results['fid']:.6f}")
+    if "is_mean" in results:
+      lines.append(f"IS   {results['is_mean']:.6f} ± {results['is_std']:.6f}  (of A)")
+    if "kid_mean" in results:
+      lines.append(f"KID  {results['kid_mean']:.8f} ± {results['kid_std']:.8f}")
+    print("\n".join(lines))
+    counts = f"n1={_count(results['n1'])}" + (f", n2={_count(results['n2'])}" if two else "")
+    print(f"{counts}; weights {results['weights']} (sha256 {results['weights_sha256'][:12]}…), "
+          f"resize {results['resize']}")
+  return 0
+
+
+def _count(n):
+  return "saved statistics" if n is None else str(n)
+
+
+def _stats(args):
+  from jaxmetrics import evaluation
+
+  if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
+    raise InputError(f"--output {args.output}: its folder does not exist")
+  stats = evaluation.save_statistics(args.a, args.output, **_evaluator_options(args))
+  if args.json:
+    print(json.dumps({"a": args.a, "n": stats.count, "output": args.output, "cached": stats.cached}))
+  elif not args.quiet:
+    print(f"wrote {args.output}: statistics of {stats.count} images from {args.a}")
   return 0
 
 

@@ -297,12 +297,31 @@ def load_params(path=None, *, check_hash=True, cache=True, progress=True):
     The parameter tree for :class:`Inception` (``{"Conv2d_1a_3x3": {"conv": {"kernel": …}}, …}``):
     place it with ``jax.device_put`` and any sharding, or pass it straight to :func:`features`.
   """
+  return load_weights_file(*weights_file(path, check_hash=check_hash, progress=progress),
+                           cache=cache)
+
+
+def weights_file(path=None, *, check_hash=True, progress=True):
+  """Resolves the checkpoint (downloading it if ``path`` is None) and hashes it once.
+
+  Returns:
+    ``(path, sha256)``. The digest identifies the weights in cache keys and reports.
+
+  Raises:
+    WeightsError: the file is missing, cannot be downloaded, or (with ``check_hash``) is not the
+      official file.
+  """
   entry = weights.get(WEIGHTS)
   source = weights.fetch(WEIGHTS, path, check_hash=False, progress=progress)
   digest = weights.sha256_file(source)
   if check_hash and digest != entry.sha256:
     raise WeightsError(f"{source}: sha256 is {digest}, expected {entry.sha256} ({WEIGHTS}); "
                        "pass check_hash=False (--no-hash-check on the command line) to use custom weights")
+  return source, digest
+
+
+def load_weights_file(source, digest, *, cache=True):
+  """:func:`load_params` for a file already resolved by :func:`weights_file`."""
   converted = weights.cache_dir() / "converted" / f"{WEIGHTS}-{digest}-v{_CONVERTED_FORMAT}.npz"
   if cache and converted.is_file():
     with np.load(converted) as data:

@@ -120,3 +120,122 @@ def test_weights_path_command(tmp_path):
   assert result.stdout.strip() == str(tmp_path / "inception-2015-12-05" / "pt_inception-2015-12-05-6726825d.pth")
   result = _run("weights", "verify", cache=tmp_path)
   assert result.returncode == 1 and "no such file" in result.stderr and len(result.stderr.splitlines()) == 1
+
+
+# ------------------------------------------------------------------------ metric commands (issue 5)
+
+
+@pytest.fixture(scope="module")
+def photo_folders(tmp_path_factory):
+  """Two folders of 12 crops of scikit-image's bundled photographs, resized to 32×32 PNGs."""
+  import skimage.data
+  photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(),
+            skimage.data.rocket(), np.dstack([skimage.data.camera()] * 3)]
+  rng = np.random.default_rng(0)
+  root = tmp_path_factory.mktemp("photos")
+  for name in ("real", "fake"):
+    (root / name).mkdir()
+    for i in range(12):
+      photo = photos[rng.integers(len(photos))]
+      y, x = rng.integers(0, photo.shape[0] - 128), rng.integers(0, photo.shape[1] - 128)
+      crop = Image.fromarray(photo[y:y + 128, x:x + 128]).resize((32, 32), Image.BICUBIC)
+      crop.save(root / name / f"{i:02d}.png")
+  return root / "real", root / "fake"
+
+
+def _textbook_fid(x, y):
+  """FID in float64 from features: np.cov, and tr √(Σ₁Σ₂) as Σ √λ of the PSD Σ₁^½ Σ₂ Σ₁^½."""
+  import scipy.linalg
+  mu1, mu2 = x.mean(0), y.mean(0)
+  s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
+  w, v = scipy.linalg.eigh(s1)
+  root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
+  lam = np.clip(scipy.linalg.eigvalsh(root @ s2 @ root), 0, None)
+  return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(lam).sum())
+
+
+def _folder_features(params, folder):
+  images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.iterdir())])
+  return np.asarray(inception.features(params, images)["pool3"], np.float64)
+
+
+def test_eval_json_matches_a_textbook_computation_and_caches(photo_folders, inception_checkpoints, tmp_path):
+  real, fake = photo_folders
+  weights = inception_checkpoints["legacy"]
+  args = ("eval", fake, real, "--weights", weights, "--no-hash-check", "--json",
+          "--kid-subsets", "5", "--kid-subset-size", "10")
+  first = _run(*args, cache=tmp_path / "cache")
+  assert first.returncode == 0, first.stderr
+  result = json.loads(first.stdout)
+  assert result["n1"] == result["n2"] == 12 and result["cached"] == [False, False]
+  assert "fewer than the 2048 feature dimensions" in first.stderr  # N < d is flagged
+
+  params = inception.load_params(weights, check_hash=False, cache=False)
+  x, y = _folder_features(params, fake), _folder_features(params, real)
+  # float32 features and statistics vs this float64 computation from (float32) features of the
+  # same network: the kernel's own error is ~1e-6 relative; 1e-4 covers feature round-off.
+  assert result["fid"] == pytest.approx(_textbook_fid(x, y), rel=1e-4)
+  assert result["kid_mean"] > 0 and result["is_mean"] >= 1.0
+
+  again = _run(*args, cache=tmp_path / "cache")
+  assert again.returncode == 0, again.stderr
+  repeat = json.loads(again.stdout)
+  assert repeat["cached"] == [True, True]
+  for key in ("fid", "is_mean", "is_std", "kid_mean", "kid_std"):
+    assert repeat[key] == pytest.approx(result[key], rel=1e-6)  # float32 FID kernel re-run
+  # A changed setting is another cache entry.
+  other = json.loads(_run("fid", fake, real, "--weights", weights, "--no-hash-check", "--json",
+                          "--resize", "pytorch", cache=tmp_path / "cache").stdout)
+  assert other["cached"] == [False, False] and other["fid"] != pytest.approx(result["fid"], rel=1e-9)
+
+
+def test_stats_file_round_trips(photo_folders, inception_checkpoints, tmp_path):
+  real, fake = photo_folders
+  weights = inception_checkpoints["legacy"]
+  ref = tmp_path / "ref.npz"
+  common = ("--weights", weights, "--no-hash-check", "--json", "--no-cache")
+  made = _run("stats", real, "-o", ref, *common, cache=tmp_path / "cache")
+  assert made.returncode == 0, made.stderr
+  with np.load(ref) as saved:  # what pytorch-fid and clean-fid read
+    assert saved["mu"].shape == (2048,) and saved["sigma"].shape == (2048, 2048)
+    assert saved["mu"].dtype == np.float64
+  via_file = json.loads(_run("fid", fake, ref, *common, cache=tmp_path / "cache").stdout)
+  via_folder = json.loads(_run("fid", fake, real, *common, cache=tmp_path / "cache").stdout)
+  assert via_file["n2"] is None and via_folder["n2"] == 12
+  # Same statistics, once through a float64 file: only float32 rounding of the kernel differs.
+  assert via_file["fid"] == pytest.approx(via_folder["fid"], rel=1e-5)
+  assert not list(tmp_path.glob("**/.*part"))
+
+
+def test_python_fid_equals_the_command_line(photo_folders, inception_checkpoints, tmp_path, monkeypatch):
+  import jaxmetrics
+  real, fake = photo_folders
+  monkeypatch.setenv("JAXMETRICS_CACHE", str(tmp_path))
+  value = jaxmetrics.fid(fake, real, weights=inception_checkpoints["legacy"], check_hash=False)
+  cli = json.loads(_run("fid", fake, real, "--weights", inception_checkpoints["legacy"],
+                        "--no-hash-check", "--json", cache=tmp_path).stdout)
+  assert cli["cached"] == [True, True]  # the Python call filled the cache the CLI then read
+  assert cli["fid"] == pytest.approx(value, rel=1e-6)
+
+
+@pytest.mark.parametrize("case", ["missing", "wrong-dim-stats", "too-many", "kid-stats-only",
+                                  "is-needs-images", "bad-metric"])
+def test_metric_commands_reject_bad_input(case, photo_folders, inception_checkpoints, tmp_path):
+  real, fake = photo_folders
+  weights = ("--weights", inception_checkpoints["legacy"], "--no-hash-check")
+  stats768 = tmp_path / "stats768.npz"
+  np.savez(stats768, mu=np.zeros(768), sigma=np.eye(768))
+  stats = tmp_path / "stats.npz"
+  np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
+  args, message = {
+      "missing": (("fid", tmp_path / "nope", real), "no such file or folder"),
+      "wrong-dim-stats": (("fid", fake, stats768), "2048-d pool3 features, got mu of shape (768,)"),
+      "too-many": (("fid", fake, real, "--num-samples", "13"), "expected at most 12"),
+      "kid-stats-only": (("kid", fake, stats), "KID needs pool3 features"),
+      "is-needs-images": (("is", stats), "IS needs logits"),
+      "bad-metric": (("eval", fake, real, "--metrics", "fid,lpips"), "expected some of fid, is, kid"),
+  }[case]
+  result = _run(*args, *weights, cache=tmp_path / "cache")
+  errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
+  assert result.returncode == 2, result.stderr
+  assert len(errors) == 1 and message in errors[0], result.stderr

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from jaxmetrics import kid as kid_lib
+from jaxmetrics import _kid as kid_lib
 from jaxmetrics._errors import InputError
-from jaxmetrics.kid import kid
+from jaxmetrics._kid import kid
 from tests._peers import torch_fidelity_metric_module
 
 # float32: MMD² is a difference of kernel means of size ~(γ|x|² + coef0)^degree ≈ 8 here, each

@@ -1,0 +1,575 @@
+"""Feature extraction over every device and host: the Inception pass behind FID, IS and KID.
+
+:func:`extract` streams a source (:func:`jaxmetrics.sources.open_source`: a folder, an ``.npy`` /
+``.npz`` file, an array, an iterable of batches) through the FID Inception-v3 and returns the
+sufficient statistics of its features: :class:`~jaxmetrics.statistics.FeatureStats` (FID) and
+:class:`~jaxmetrics.InceptionScoreState` (IS), plus, on request, the features
+themselves (KID, per-sample metrics).
+
+Example::
+
+  params = jaxmetrics.load_params()
+  result = jaxmetrics.extract.extract("samples/", params)
+  fid = jaxmetrics.frechet_distance(result.stats.mean, result.stats.covariance(),
+                                    *jaxmetrics.statistics.load_stats("reference.npz"))
+  is_mean, is_std = result.inception_score.compute()
+
+How it runs. One compiled step takes ``(state, params, batch)`` and returns the new state: uint8
+images → resize to 299×299 (:mod:`jaxmetrics.resize`) → network → ``FeatureStats.update(pool3,
+mask)`` and ``InceptionScoreState.update(logits_unbiased, mask, split)``. The batch is sharded on
+its leading axis over a 1-D :class:`~jax.sharding.Mesh` of every device of every process (axis
+``"data"``); parameters and state are replicated, so XLA inserts the cross-device all-reduce and
+every device ends with the same state. The state's buffers are donated. Every batch has the same
+global shape: the last one is padded with masked rows, so a run compiles once (and two sources of
+the same image size and dtype share the compilation). The host decodes batches on threads and
+places them on the devices (uint8: a quarter of the float32 transfer; resizing runs on device)
+while the devices work on earlier ones: ``prefetch`` ready batches wait in a bounded queue, so host
+memory stays bounded whatever the number of images — except for ``keep_features``, which gathers
+``(N, 2048)`` float32 on every host.
+
+Inception Score splits. With a known number of rows ``N`` (arrays, files, folders, or
+``num_samples=``), row ``i`` goes to split ``contiguous_split(i, N, splits)``: the streamed score
+equals :func:`jaxmetrics.inception_score` of the logits in source order (improved-gan's splits).
+For an iterable of unknown length, rows are dealt round-robin in the order they are processed
+(the default of :class:`~jaxmetrics.InceptionScoreState`); pass ``num_samples`` to
+get contiguous splits.
+
+Multi-host. The same program runs on every host (process); call :func:`initialize` first. Each
+process reads a disjoint share of the rows: in step ``k`` (global batch ``B``) a process reads the
+rows ``[k·B + r0, k·B + r1)`` that its devices hold in the global batch, so the global batches are
+the source's rows in order, exactly as on one host with the same devices, and every process runs
+the same number of steps (``ceil(N / B)``; a process whose share ends early feeds masked rows).
+Global batches are assembled with :func:`jax.make_array_from_process_local_data`. Each process
+must see the same data: the same folder or file (a shared file system, or a copy per host), or an
+iterable of its own (a sampler seeded by ``jax.process_index()``); before the first step the
+processes check that they agree on the number of rows, the batch and the image shape. The row
+``i`` of process ``p``'s iterable takes the place that row of a file would have in the global
+batches (``num_samples`` is the total over all processes). With an iterable of unknown length,
+each step carries a "this process has run out" flag, read one step late (no stall), and the
+processes stop together one (all-masked) step after the last of them ran out. The final state is
+replicated: every process returns the same statistics. Bad input met by one process (a file of
+another size, a short iterable) stops every process within two steps: that process raises its
+error, the others an :class:`InputError` naming it.
+
+Launching (paste into the README)
+---------------------------------
+
+The evaluation script is the same on every host; only the launcher differs::
+
+  # evaluate.py
+  import jax
+  import jaxmetrics
+  from jaxmetrics import extract
+
+  extract.initialize()          # before any other JAX call; a no-op on a single machine
+  params = jaxmetrics.load_params()
+  result = extract.extract("/shared/samples", params, batch_size=1024)
+  if jax.process_index() == 0:
+    print(result.count, result.inception_score.compute())
+
+*TPU pod slice* (every worker of the slice runs the script; JAX finds the coordinator itself)::
+
+  gcloud compute tpus tpu-vm ssh NAME --zone ZONE --worker=all \\
+    --command "cd ~/project && python evaluate.py"
+
+*Several GPU hosts* (one process per host, all of its GPUs; the same command on each host with
+its own ``JAX_PROCESS_ID``; host 0 must accept connections on the port)::
+
+  JAX_COORDINATOR_ADDRESS=host0:12345 JAX_NUM_PROCESSES=4 JAX_PROCESS_ID=0 python evaluate.py  # host0
+  JAX_COORDINATOR_ADDRESS=host0:12345 JAX_NUM_PROCESSES=4 JAX_PROCESS_ID=1 python evaluate.py  # host1
+  ...
+
+*SLURM or Open MPI* (detected by JAX; under them JAX gives each task one GPU, so start one task
+per GPU)::
+
+  srun --nodes=4 --ntasks-per-node=8 --gpus-per-task=1 python evaluate.py
+
+Data must be readable at the same path on every host. The global batch is rounded up to a multiple
+of the number of devices; pick it so that each device gets 32–128 images.
+"""
+
+import dataclasses
+import functools
+import itertools
+import os
+import queue
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+from tqdm import tqdm
+
+from jaxmetrics import inception
+from jaxmetrics import resize as _resize
+from jaxmetrics import sources
+from jaxmetrics._errors import InputError
+from jaxmetrics._inputs import check_precision
+from jaxmetrics._inception_score import InceptionScoreState
+from jaxmetrics._inception_score import contiguous_split
+from jaxmetrics.statistics import FeatureStats
+
+PER_DEVICE_BATCH = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class Extraction:
+  """What :func:`extract` returns; identical on every process of a multi-host run.
+
+  Attributes:
+    stats: count, mean and scatter of the pool3 features (``stats.mean``, ``stats.covariance()``
+      for FID), on the first local device.
+    inception_score: the streamed Inception Score state; ``.compute()`` gives ``(mean, std)``.
+    count: number of images that went into the statistics (unreadable files excluded).
+    outputs: the kept network outputs by name (``"pool3"``, ``"logits_unbiased"``, ``"logits"``),
+      float32 NumPy arrays ``(count, d)`` in source order; empty unless ``keep_features``.
+    index: for each row of ``outputs``, the source row it came from (``paths[index]`` names the
+      files of a folder, where unreadable ones are missing); ``None`` without ``keep_features``
+      or for iterables, whose rows are in the order they were processed.
+  """
+
+  stats: FeatureStats
+  inception_score: InceptionScoreState
+  count: int
+  outputs: dict
+  index: np.ndarray | None
+
+  @property
+  def features(self):
+    """The kept pool3 features ``(count, 2048)``, or ``None``."""
+    return self.outputs.get("pool3")
+
+
+def default_mesh():
+  """A 1-D mesh (axis ``"data"``) of every device of every process, ordered by process.
+
+  Ordering by process puts each process's devices, and so its rows of a global batch, in one
+  contiguous block.
+  """
+  devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+  return Mesh(np.array(devices), ("data",))
+
+
+def initialize(**kwargs):
+  """Joins the processes of a multi-host run (``jax.distributed.initialize``); call it first.
+
+  Coordinator settings come from, in order: ``kwargs`` (those of ``jax.distributed.initialize``),
+  the environment variables ``JAX_COORDINATOR_ADDRESS``, ``JAX_NUM_PROCESSES`` and
+  ``JAX_PROCESS_ID``, and JAX's own detection of Cloud TPU pods, SLURM, Open MPI and Kubernetes.
+  Without any of these it does nothing: a single process. Call it before any other JAX call.
+
+  Returns:
+    Whether this is a multi-process run.
+  """
+  if jax.distributed.is_initialized():
+    return jax.process_count() > 1
+  for name, key in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID")):
+    if key in os.environ and name not in kwargs:
+      try:
+        kwargs[name] = int(os.environ[key])
+      except ValueError:
+        raise InputError(f"{key}: expected an integer, got {os.environ[key]!r}") from None
+  requested = bool(kwargs) or "JAX_COORDINATOR_ADDRESS" in os.environ
+  try:
+    jax.distributed.initialize(**kwargs)
+  except (ValueError, RuntimeError):
+    # ValueError: no coordinator given or detected; RuntimeError: JAX already started. Either is
+    # a single process, unless settings asked for several.
+    if requested:
+      raise
+  return jax.process_count() > 1
+
+
+def extract(source, params, *, batch_size=None, resize="tf1", precision="highest",
+            num_samples=None, keep_features=False, splits=10, mesh=None, image_size=None,
+            prefetch=2, progress=True):
+  """Inception statistics (and optionally features) of every image of a source, on all devices.
+
+  Args:
+    source: anything :func:`jaxmetrics.sources.open_source` accepts (a folder, an ``.npy`` or
+      ``.npz`` path, an ``(N, H, W, 3)`` uint8 or [0, 1] float array, an iterable of batches) or
+      an opened :class:`~jaxmetrics.sources.Source` (not closed here). All images need one size.
+    params: from :func:`jaxmetrics.inception.load_params` (host arrays are replicated onto the
+      mesh; arrays already replicated there are used as they are).
+    batch_size: global images per step, over all devices and processes; rounded up to a multiple
+      of the number of devices. Default ``32 ×`` the number of devices.
+    resize: ``"tf1"`` (default), ``"pytorch"`` or ``"clean"``; see :mod:`jaxmetrics.resize`.
+    precision: ``"highest"`` (default), ``"high"`` or ``"default"``; see
+      :func:`jaxmetrics.inception.features`.
+    num_samples: use only the first ``num_samples`` rows (an error if the source has fewer). For
+      an iterable it is the total over all processes, and gives contiguous IS splits.
+    keep_features: ``True`` keeps the pool3 features, or name the outputs to keep
+      (``("pool3", "logits_unbiased", "logits")``); they are gathered on every process.
+    splits: Inception Score splits (default 10).
+    mesh: a :class:`~jax.sharding.Mesh`; the batch is sharded over all its axes. Default
+      :func:`default_mesh`: every device.
+    image_size: folders only: ``(H, W)`` to center-crop and resize other-sized images to.
+    prefetch: batches prepared ahead of the devices (default 2).
+    progress: show a progress bar (images/s) on process 0.
+
+  Returns:
+    An :class:`Extraction`.
+
+  Raises:
+    InputError: for bad options or input, named in one line; in a multi-host run every process
+      raises when one meets bad input.
+  """
+  if resize not in _resize.RESIZE_MODES:
+    raise InputError(f"resize: expected one of {', '.join(_resize.RESIZE_MODES)}, got {resize!r}")
+  check_precision(precision)
+  _check_positive("splits", splits)
+  _check_positive("prefetch", prefetch)
+  if num_samples is not None:
+    _check_positive("num_samples", num_samples)
+  keep = _check_keep(keep_features)
+  mesh = default_mesh() if mesh is None else mesh
+  if not isinstance(mesh, Mesh):
+    raise InputError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
+  if batch_size is None:
+    batch_size = PER_DEVICE_BATCH * mesh.size
+  _check_positive("batch_size", batch_size)
+  batch_size = -(-batch_size // mesh.size) * mesh.size
+
+  source_given = isinstance(source, sources.Source)
+  source = sources.open_source(source, image_size=image_size)
+  try:
+    return _Run(source, params, mesh, batch_size, num_samples, splits, keep,
+                dict(resize=resize, precision=precision), prefetch, progress).run()
+  finally:
+    if not source_given:
+      source.close()
+
+
+# --------------------------------------------------------------------------------- the step
+
+
+@functools.partial(jax.jit, static_argnames=("mesh", "resize", "precision", "keep"),
+                   donate_argnums=(0,))
+def _step(state, params, batch, num_samples, *, mesh, resize, precision, keep):
+  """One global batch: network, statistics and (replicated) outputs; ``num_samples`` 0: unknown."""
+  stats, scores = state
+  mask = batch["mask"]
+  out = inception._forward(params, batch["images"], resize=resize, precision=precision)
+  stats = stats.update(out["pool3"], mask)
+  # Round-robin over the rows in processing order: InceptionScoreState's default assignment,
+  # written out so that one compiled step serves known and unknown lengths.
+  round_robin = (scores.seen + jnp.cumsum(mask, dtype=jnp.int32) - 1) % scores.splits
+  contiguous = contiguous_split(batch["index"], jnp.maximum(num_samples, 1), scores.splits)
+  split = jnp.where(num_samples > 0, contiguous, round_robin)
+  scores = scores.update(out["logits_unbiased"], mask, split=split)
+  info = {"rows": jnp.sum(mask, dtype=jnp.int32), "failed": jnp.max(batch["failed"]),
+          "done": jnp.min(batch["done"])}
+  kept = {name: out[name] for name in keep}
+  if keep:
+    kept.update(mask=mask, index=batch["index"])
+  return jax.lax.with_sharding_constraint(((stats, scores), info, kept), NamedSharding(mesh, P()))
+
+
+# ---------------------------------------------------------------------------------- the loop
+
+
+class _Run:
+  """One extraction: plans the rows of each process, feeds the step, collects the results."""
+
+  def __init__(self, source, params, mesh, batch_size, num_samples, splits, keep, options,
+               prefetch, progress):
+    self.source, self.mesh, self.batch, self.keep = source, mesh, batch_size, keep
+    self.options, self.prefetch = options, prefetch
+    self.processes = jax.process_count()
+    self.process = jax.process_index()
+    self.failed_process = None  # set when a finished step reports a process's bad input
+    known = source.num_samples
+    if num_samples is not None and known is not None and not source.per_process:
+      if num_samples > known:
+        raise InputError(f"num_samples: expected at most {known}, the rows of {source.name}, got "
+                         f"{num_samples}")
+    self.n = num_samples if num_samples is not None else (None if source.per_process else known)
+    if self.n is not None and self.n < batch_size:
+      # A source smaller than the batch: one step of the source's size (rounded up to the
+      # devices) instead of computing mostly padding.
+      batch_size = self.batch = -(-self.n // mesh.size) * mesh.size
+    if self.n is not None and self.n * splits >= 2**31:
+      raise InputError(f"num_samples: expected num_samples * splits < 2**31, got {self.n} * "
+                       f"{splits}")
+    self.steps = None if self.n is None else -(-self.n // batch_size)
+    self.sharding = NamedSharding(mesh, P(mesh.axis_names))
+    rows = set()
+    for index in self.sharding.addressable_devices_indices_map((batch_size,)).values():
+      rows.update(range(batch_size)[index[0]])
+    # This process's positions in every global batch, in the order make_array_from_process_local
+    # _data lays out local data, and as runs [lo, hi) to read with one call each.
+    self.rows = np.array(sorted(rows), np.int64)
+    breaks = np.flatnonzero(np.diff(self.rows) != 1) + 1
+    self.runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(self.rows, breaks)] if rows else []
+    self._agree()
+    replicated = NamedSharding(mesh, P())
+    self.params = _replicate(params, replicated)
+    # Fresh buffers for every leaf: the state is donated, and empty() may share one zero array.
+    self.state = _replicate((FeatureStats.empty(inception.POOL3_DIM),
+                             InceptionScoreState.empty(inception.NUM_CLASSES, splits)), replicated,
+                            copy=True)
+    self.num_samples_arg = _replicate(np.int32(self.n or 0), replicated)
+    self.bar = tqdm(total=self.n, unit="img", desc=os.path.basename(source.name) or source.name,
+                    disable=not progress or self.process != 0, dynamic_ncols=True)
+
+  def _agree(self):
+    """Every process must plan the same run; a mismatch would hang in a collective instead."""
+    if self.processes == 1:
+      return
+    plan = np.array([self.n if self.n is not None else -1, self.batch, *self.source.image_shape,
+                     self.source.dtype == np.uint8], np.int64)
+    plans = np.asarray(multihost_utils.process_allgather(plan))
+    differs = np.flatnonzero((plans != plans[0]).any(axis=1))
+    if differs.size:
+      raise InputError(
+          f"{self.source.name}: every process must see the same data, but process "
+          f"{int(differs[0])} plans (rows, batch, H, W, 3, uint8) = {plans[differs[0]].tolist()} "
+          f"and process 0 {plans[0].tolist()}")
+
+  # -- host side: runs on the prefetch thread
+
+  def _host_batches(self):
+    """Local batches ``(images, mask, index, done)`` of every step, in step order.
+
+    ``done``: this process's data has ended (only tracked for per-process sources of unknown
+    length, where the processes must agree on the last step).
+    """
+    source, b = self.source, len(self.rows)
+    position = 0  # rows consumed from a per-process source
+    for step in itertools.count() if self.steps is None else range(self.steps):
+      images = np.zeros((b, *source.image_shape), source.dtype)
+      mask = np.zeros((b,), bool)
+      index = step * self.batch + self.rows
+      wanted = index < self.n if self.n is not None else np.ones((b,), bool)
+      if source.per_process:
+        count = int(wanted.sum())
+        got, valid = source.read(position, position + count)
+        position += len(got)
+        if self.n is not None and len(got) < count:
+          raise InputError(f"{source.name}: num_samples={self.n} but the iterable of process "
+                           f"{self.process} ended after {position} rows")
+        images[:len(got)], mask[:len(got)] = got, valid
+        exhausted = len(got) < count
+      else:
+        offset = 0
+        for lo, hi in self.runs:
+          start, stop = step * self.batch + lo, step * self.batch + hi
+          if self.n is not None:
+            stop = min(stop, self.n)
+          if stop > start:
+            got, valid = source.read(start, stop)
+            images[offset:offset + len(got)], mask[offset:offset + len(got)] = got, valid
+          offset += hi - lo
+        exhausted = False
+      if exhausted and self.processes == 1:
+        if len(got):
+          yield images, mask, index.astype(np.int32), True
+        return
+      yield images, mask, index.astype(np.int32), exhausted
+      if exhausted:
+        # Other processes may still have data: keep feeding masked rows until all agree to stop.
+        yield from self._empty_batches(step + 1)
+        return
+
+  def _empty_batches(self, first):
+    b = len(self.rows)
+    images = np.zeros((b, *self.source.image_shape), self.source.dtype)
+    for step in itertools.count(first):
+      yield images, np.zeros((b,), bool), (step * self.batch + self.rows).astype(np.int32), True
+
+  def _device_batch(self, images, mask, index, done, failed=0):
+    local = {"images": images, "mask": mask, "index": index,
+             "done": np.full((len(self.rows),), done, np.int32),
+             "failed": np.full((len(self.rows),), failed, np.int32)}
+    return jax.make_array_from_process_local_data(
+        self.sharding, local, jax.tree.map(lambda x: (self.batch, *x.shape[1:]), local))
+
+  def _device_batches(self):
+    for batch in self._host_batches():
+      yield self._device_batch(*batch)
+
+  # -- device side: the main thread
+
+  def run(self):
+    collected = _Collector(self.keep, self.n)
+    feed = _Prefetcher(self._device_batches(), self.prefetch)
+    failure = failed_batches = None
+    pending = None
+    stop = False
+    try:
+      for step in itertools.count():
+        if self.steps is not None and step >= self.steps:
+          break
+        if failed_batches is None:
+          batch = feed.get()
+          if batch is _Prefetcher.END:
+            break
+          if isinstance(batch, _Failure):
+            if self.processes == 1:
+              raise batch.error
+            # Stay in step with the other processes until all of them have seen the failure.
+            failure = batch.error
+            feed.close()
+            failed_batches = (self._device_batch(*b, failed=self.process + 1)
+                              for b in self._empty_batches(step))
+        if failed_batches is not None:
+          batch = next(failed_batches)
+        self.state, info, kept = _step(self.state, self.params, batch, self.num_samples_arg,
+                                       mesh=self.mesh, keep=self.keep, **self.options)
+        if pending is not None:
+          stop = self._finish_step(*pending, collected)
+        pending = (info, kept)
+        if stop:
+          break
+      if pending is not None and not stop:
+        stop = self._finish_step(*pending, collected)
+    finally:
+      feed.close()
+      self.bar.close()
+    if failure is not None:
+      raise failure
+    if self.failed_process is not None:
+      raise InputError(f"{self.source.name}: process {self.failed_process} stopped the run on bad "
+                       "input (its output names it)")
+    stats, scores = jax.tree.map(lambda x: x.addressable_data(0), self.state)
+    count = int(stats.count)
+    if count == 0:
+      raise InputError(f"{self.source.name}: expected readable images, but none could be read")
+    outputs, index = collected.result()
+    return Extraction(stats=stats, inception_score=scores, count=count, outputs=outputs,
+                      index=None if self.source.per_process or not self.keep else index)
+
+  def _finish_step(self, info, kept, collected):
+    """Reads a finished step's replicated results; returns whether every process should stop."""
+    rows, failed, done = (int(_local(info[k])) for k in ("rows", "failed", "done"))
+    self.bar.update(rows)
+    if kept:
+      collected.add({k: _local(v) for k, v in kept.items()})
+    if failed:
+      self.failed_process = failed - 1
+      return True
+    return self.steps is None and self.processes > 1 and bool(done)
+
+
+class _Collector:
+  """Gathers kept outputs on the host, by source row when the number of rows is known."""
+
+  def __init__(self, keep, n):
+    self.keep, self.n = keep, n
+    self.chunks = []
+    if keep and n is not None:
+      dims = {"pool3": inception.POOL3_DIM}
+      self.arrays = {k: np.zeros((n, dims.get(k, inception.NUM_CLASSES)), np.float32) for k in keep}
+      self.seen = np.zeros((n,), bool)
+
+  def add(self, kept):
+    mask = kept["mask"]
+    index = kept["index"][mask]
+    if self.n is None:
+      self.chunks.append((index, {k: kept[k][mask] for k in self.keep}))
+      return
+    for k in self.keep:
+      self.arrays[k][index] = kept[k][mask]
+    self.seen[index] = True
+
+  def result(self):
+    if not self.keep:
+      return {}, None
+    if self.n is not None:
+      if self.seen.all():
+        return self.arrays, np.arange(self.n)
+      index = np.flatnonzero(self.seen)
+      return {k: v[index] for k, v in self.arrays.items()}, index
+    index = np.concatenate([i for i, _ in self.chunks]).astype(np.int64)
+    order = np.argsort(index, kind="stable")
+    outputs = {k: np.concatenate([c[k] for _, c in self.chunks])[order] for k in self.keep}
+    return outputs, index[order]
+
+
+class _Failure:
+  def __init__(self, error):
+    self.error = error
+
+
+class _Prefetcher:
+  """Runs an iterator on a thread, ``depth`` items ahead; its exception comes out as a _Failure."""
+
+  END = object()
+
+  def __init__(self, iterator, depth):
+    self._queue = queue.Queue(maxsize=depth)
+    self._closed = threading.Event()
+    self._thread = threading.Thread(target=self._run, args=(iterator,), daemon=True,
+                                    name="jaxmetrics-prefetch")
+    self._thread.start()
+
+  def _run(self, iterator):
+    try:
+      for item in iterator:
+        if not self._put(item):
+          return
+    except BaseException as e:  # pylint: disable=broad-except  # re-raised by the consumer
+      self._put(_Failure(e))
+    else:
+      self._put(self.END)
+
+  def _put(self, item):
+    while not self._closed.is_set():
+      try:
+        self._queue.put(item, timeout=0.1)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def get(self):
+    item = self._queue.get()
+    if item is self.END or isinstance(item, _Failure):
+      self._queue.put(item)  # later calls see the end again
+    return item
+
+  def close(self):
+    self._closed.set()
+    self._thread.join()
+    while not self._queue.empty():
+      self._queue.get_nowait()
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def _local(x):
+  """A replicated array's value on this process, as NumPy."""
+  return np.asarray(x.addressable_data(0))
+
+
+def _replicate(tree, sharding, copy=False):
+  """Arrays replicated with ``sharding``: placed ones as they are unless ``copy``, others copied."""
+  def put(x):
+    if not copy and isinstance(x, jax.Array) and x.sharding.is_equivalent_to(sharding, x.ndim):
+      return x
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
+  return jax.tree.map(put, tree)
+
+
+def _check_positive(name, value):
+  if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+    raise InputError(f"{name}: expected a positive integer, got {value!r}")
+
+
+def _check_keep(keep_features):
+  if keep_features is False or keep_features is None:
+    return ()
+  if keep_features is True:
+    return ("pool3",)
+  names = (keep_features,) if isinstance(keep_features, str) else tuple(keep_features)
+  unknown = [n for n in names if n not in inception.OUTPUTS]
+  if unknown or not names:
+    raise InputError(f"keep_features: expected True or names among {', '.join(inception.OUTPUTS)}, "
+                     f"got {keep_features!r}")
+  return tuple(n for n in inception.OUTPUTS if n in names)

@@ -1,0 +1,207 @@
+"""Image sources: memory-mapped .npy/.npz, iterables, folders, and one-line errors for bad input."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from jaxmetrics import sources
+from jaxmetrics._errors import InputError
+from tests import _inception_fixtures as fixtures
+
+IMAGES = fixtures.test_images(3, 10, 6, 5)
+
+
+def _one_line_error(match, fn, *args, **kwargs):
+  with pytest.raises(InputError, match=match) as info:
+    fn(*args, **kwargs)
+  assert "\n" not in str(info.value)
+  return str(info.value)
+
+
+def test_array_reads_row_ranges():
+  source = sources.open_source(IMAGES)
+  assert (len(source), source.image_shape, source.dtype) == (10, (6, 5, 3), np.uint8)
+  images, valid = source.read(3, 7)
+  np.testing.assert_array_equal(images, IMAGES[3:7])
+  assert valid.all() and valid.shape == (4,)
+  images, valid = source.read(8, 12)  # clipped at the end
+  np.testing.assert_array_equal(images, IMAGES[8:])
+
+
+def test_npy_is_memory_mapped(tmp_path):
+  path = tmp_path / "images.npy"
+  np.save(path, IMAGES)
+  with sources.open_source(path) as source:
+    assert isinstance(source._array, np.memmap)
+    assert len(source) == 10 and source.name == str(path)
+    np.testing.assert_array_equal(source.read(2, 5)[0], IMAGES[2:5])
+
+
+def _rss_file_bytes():
+  with open("/proc/self/status") as f:
+    return next(int(line.split()[1]) * 1024 for line in f if line.startswith("RssFile:"))
+
+
+def test_a_mapped_file_read_through_leaves_no_pages_resident(tmp_path):
+  """A 48 MB .npy streamed in row ranges: without dropping the pages read, RSS would grow by 48 MB."""
+  path = tmp_path / "big.npy"
+  array = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(4096, 64, 64, 3))
+  array[:] = 7
+  array.flush()
+  del array
+  with sources.open_source(path) as source:
+    before = _rss_file_bytes()
+    for start in range(0, 4096, 256):
+      images, _ = source.read(start, start + 256)
+      assert images[-1, -1, -1, -1] == 7
+    assert _rss_file_bytes() - before < 8 * 2**20
+
+
+def test_npz_stored_member_is_memory_mapped_at_its_zip_offset(tmp_path):
+  # guided-diffusion's reference batches: np.savez (stored, not compressed) with images in arr_0.
+  path = tmp_path / "VIRTUAL_ref.npz"
+  np.savez(path, IMAGES, mu=np.zeros(4), sigma=np.eye(4))
+  with sources.open_source(path) as source:
+    assert isinstance(source._array, np.memmap)
+    assert source.name.endswith("[arr_0]")
+    np.testing.assert_array_equal(source.read(0, 10)[0], IMAGES)
+    np.testing.assert_array_equal(source.read(4, 6)[0], IMAGES[4:6])
+  # A single member of any name is taken; several without arr_0 need key=.
+  np.savez(tmp_path / "one.npz", images=IMAGES)
+  np.testing.assert_array_equal(sources.open_source(tmp_path / "one.npz").read(1, 3)[0], IMAGES[1:3])
+  np.savez(tmp_path / "two.npz", a=IMAGES, b=IMAGES)
+  _one_line_error("'arr_0'.*it has: a, b", sources.open_source, tmp_path / "two.npz")
+  np.testing.assert_array_equal(sources.open_source(tmp_path / "two.npz", key="b").read(0, 2)[0],
+                                IMAGES[:2])
+
+
+def test_npz_compressed_member_streams_in_any_order(tmp_path):
+  path = tmp_path / "compressed.npz"
+  np.savez_compressed(path, arr_0=IMAGES)
+  with sources.open_source(path) as source:
+    assert not isinstance(source._array, np.ndarray)
+    np.testing.assert_array_equal(source.read(2, 4)[0], IMAGES[2:4])
+    np.testing.assert_array_equal(source.read(7, 10)[0], IMAGES[7:])
+    np.testing.assert_array_equal(source.read(0, 3)[0], IMAGES[:3])  # backwards: starts over
+
+
+def test_iterable_of_batches_is_rebatched_in_order():
+  def batches():
+    yield IMAGES[:3]
+    yield IMAGES[3:3]      # empty batches are skipped
+    yield IMAGES[3]        # a single (H, W, 3) image
+    yield {"image": IMAGES[4:9]}  # tfds.as_numpy style
+    yield IMAGES[9:]
+
+  source = sources.open_source(batches())
+  assert source.per_process and source.num_samples is None
+  with pytest.raises(TypeError):
+    len(source)
+  got = [source.read(0, 4), source.read(4, 8), source.read(8, 12), source.read(12, 16)]
+  np.testing.assert_array_equal(np.concatenate([g[0] for g in got]), IMAGES)
+  assert [len(g[0]) for g in got] == [4, 4, 2, 0]
+  _one_line_error("read once, in order", source.read, 2, 4)
+
+
+def test_iterable_batches_must_match_the_first():
+  def batches():
+    yield IMAGES[:2]
+    yield IMAGES[:2, :4]
+
+  source = sources.open_source(batches())
+  _one_line_error(r"iterable batch 1: expected uint8 images of shape \(B, 6, 5, 3\) like the first",
+                  source.read, 0, 4)
+  _one_line_error("empty iterable", sources.open_source, iter([]))
+
+
+def test_float_images_are_checked_batch_by_batch():
+  floats = IMAGES.astype(np.float64) / 255
+  source = sources.open_source(floats)
+  assert source.dtype == np.float32
+  np.testing.assert_allclose(source.read(0, 2)[0], floats[:2], rtol=1e-7)
+  floats[5, 0, 0, 0] = 2.0
+  _one_line_error(r"rows \[4, 6\): float images must lie in \[0, 1\]", source.read, 4, 6)
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((4, 3, 8, 8), np.uint8), "channels-last is required"),
+    (np.zeros((4, 8, 8), np.uint8), "rank 3"),
+    (np.zeros((4, 8, 8, 3), np.int32), "not an image dtype"),
+    (np.zeros((0, 8, 8, 3), np.uint8), "empty array"),
+    (42, "got int"),
+])
+def test_bad_arrays_are_one_line_errors(bad, match):
+  _one_line_error(match, sources.open_source, bad)
+
+
+def test_bad_paths_are_one_line_errors(tmp_path):
+  _one_line_error("no such file or folder", sources.open_source, tmp_path / "missing.npy")
+  (tmp_path / "notes.txt").write_text("hello")
+  _one_line_error(r"\.txt file", sources.open_source, tmp_path / "notes.txt")
+  (tmp_path / "broken.npz").write_bytes(b"not a zip")
+  _one_line_error("expected an .npz archive", sources.open_source, tmp_path / "broken.npz")
+  np.save(tmp_path / "chw.npy", np.zeros((2, 3, 4, 4), np.uint8))
+  _one_line_error("channels-last", sources.open_source, tmp_path / "chw.npy")
+  np.save(tmp_path / "objects.npy", np.array([None, 1], object), allow_pickle=True)
+  _one_line_error("cannot read it", sources.open_source, tmp_path / "objects.npy")
+  _one_line_error("tfds: sources are not supported", sources.open_source, "tfds:cifar10:train")
+  (tmp_path / "empty").mkdir()
+  _one_line_error("found none", sources.open_source, tmp_path / "empty")
+  _one_line_error("applies to image folders only", sources.open_source, IMAGES, image_size=4)
+  _one_line_error("image_size: expected a positive int", sources.open_source, tmp_path,
+                  image_size=(4, 0))
+  _one_line_error("key: applies to .npz files only", sources.open_source, IMAGES, key="arr_0")
+  _one_line_error("image_size: expected a path to open, got the opened source array",
+                  sources.open_source, sources.open_source(IMAGES), image_size=4)
+
+
+@pytest.fixture()
+def mixed_folder(tmp_path):
+  """PNG, JPEG, WebP, BMP; grayscale and RGBA; a nested folder; a corrupt file; 6 x 5 pixels."""
+  rgb = fixtures.test_images(7, 6, 6, 5)
+  (tmp_path / "nested").mkdir()
+  Image.fromarray(rgb[0]).save(tmp_path / "a.png")
+  Image.fromarray(rgb[1]).save(tmp_path / "b.jpg", quality=95)
+  Image.fromarray(rgb[2]).save(tmp_path / "c.webp", lossless=True)
+  Image.fromarray(rgb[3]).save(tmp_path / "d.bmp")
+  (tmp_path / "e_corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not a png")
+  Image.fromarray(rgb[4]).convert("L").save(tmp_path / "nested" / "f_gray.png")
+  rgba = np.dstack([rgb[5], np.full((6, 5), 7, np.uint8)])
+  Image.fromarray(rgba, "RGBA").save(tmp_path / "nested" / "g_rgba.png")
+  return tmp_path
+
+
+def test_folder_reads_each_file_once_and_names_the_corrupt_one(mixed_folder):
+  source = sources.open_source(mixed_folder, workers=3)
+  assert len(source) == 7 and source.image_shape == (6, 5, 3)
+  with pytest.warns(UserWarning, match="skipped .*e_corrupt.png: cannot decode") as record:
+    chunks = [source.read(0, 3), source.read(3, 7)]
+  assert len([w for w in record if "skipped" in str(w.message)]) == 1
+  images = np.concatenate([c[0] for c in chunks])
+  valid = np.concatenate([c[1] for c in chunks])
+  names = [p.name for p in source.paths]
+  assert names == ["a.png", "b.jpg", "c.webp", "d.bmp", "e_corrupt.png", "f_gray.png", "g_rgba.png"]
+  assert valid.tolist() == [True, True, True, True, False, True, True]
+  for i in np.flatnonzero(valid):
+    expected = np.asarray(Image.open(source.paths[i]).convert("RGB"))
+    np.testing.assert_array_equal(images[i], expected)
+  gray = images[names.index("f_gray.png")]
+  assert (gray[..., 0] == gray[..., 1]).all() and (gray[..., 1] == gray[..., 2]).all()
+  source.close()
+
+
+def test_folder_of_mixed_sizes_names_the_first_odd_file(tmp_path):
+  rgb = fixtures.test_images(8, 3, 8, 8)
+  Image.fromarray(rgb[0]).save(tmp_path / "a.png")
+  Image.fromarray(rgb[1]).save(tmp_path / "b.png")
+  Image.fromarray(rgb[2][:, :6]).save(tmp_path / "c.png")
+  with sources.open_source(tmp_path) as source:
+    message = _one_line_error(r"c.png: expected a 8x8 image like .*a.png, got 6x8: .*image_size",
+                              source.read, 0, 3)
+  assert "image_size=(H, W)" in message
+  with sources.open_source(tmp_path, image_size=(4, 4)) as source:
+    images, valid = source.read(0, 3)
+  assert images.shape == (3, 4, 4, 3) and valid.all()
+  # An explicit size applies to the first file too: every other-sized image is fitted to it.
+  fitted = np.asarray(Image.fromarray(rgb[0]).resize((4, 4), Image.Resampling.BICUBIC))
+  np.testing.assert_array_equal(images[0], fitted)
