@@ -8,6 +8,7 @@
   jaxmetrics eval A B --metrics fid,is,kid  # several metrics from one feature pass per source
   jaxmetrics stats A -o ref.npz             # reference statistics (pytorch-fid's .npz format)
   jaxmetrics features A [-o features.npz]   # Inception features of every image of a source
+  jaxmetrics semsim DIR --clip FOLDER       # CLIP semantic similarity, one sub-folder per prompt
   jaxmetrics weights download|verify|path   # manage the checkpoint cache
 
 A source is a folder of images, an ``.npy``/``.npz`` image array, or a saved statistics ``.npz``
@@ -21,6 +22,7 @@ file). Errors print one line on stderr; ``--debug`` shows the traceback instead.
 import argparse
 import json
 import os
+import pathlib
 import sys
 import time
 import warnings
@@ -87,6 +89,19 @@ def _parser():
   _pass_options(features)
   _output_options(features)
   features.set_defaults(run=_features)
+
+  semsim = commands.add_parser(
+      "semsim", help="semantic similarity of each prompt's images (CLIP)",
+      description="For each sub-folder of DIR (one per prompt), the mean CLIP cosine similarity "
+                  "over all distinct pairs of its images, as 100·max(mean cosine, 0), and the "
+                  "average over prompts.")
+  semsim.add_argument("source", metavar="DIR", help="folder with one sub-folder of images per prompt")
+  semsim.add_argument("--clip", metavar="FOLDER",
+                      help="CLIP checkpoint: Hugging Face model.safetensors + config.json, or OpenCLIP")
+  semsim.add_argument("--batch-size", type=_positive_int, metavar="N",
+                      help="images per CLIP step (default: a prompt's images at once)")
+  _output_options(semsim)
+  semsim.set_defaults(run=_semsim)
 
   manage = commands.add_parser("weights", help="download, verify or locate checkpoints",
                                description="Manage the checkpoint cache ($JAXMETRICS_CACHE).")
@@ -226,6 +241,50 @@ def _stats(args):
     print(json.dumps({"a": args.a, "n": stats.count, "output": args.output, "cached": stats.cached}))
   elif not args.quiet:
     print(f"wrote {args.output}: statistics of {stats.count} images from {args.a}")
+  return 0
+
+
+def _semsim(args):
+  from jaxmetrics import clip, semantic, sources  # JAX starts only for commands that need it.
+
+  root = pathlib.Path(args.source)
+  if not root.is_dir():
+    raise InputError(f"{root}: expected a folder with one sub-folder of images per prompt"
+                     + ("" if root.exists() else ", but it does not exist"))
+  prompts = sorted(p for p in root.iterdir() if p.is_dir())
+  if not prompts:
+    raise InputError(f"{root}: expected one sub-folder of images per prompt, found no sub-folder")
+  groups = {}
+  for folder in prompts:
+    images = []
+    for path in sources.list_images(folder):
+      try:
+        images.append(sources.read_image(path))
+      except InputError as e:
+        warnings.warn(f"skipped {e}", stacklevel=1)
+    groups[folder.name] = images
+  model = clip.load(args.clip)
+  embeddings = {}
+  for prompt, images in groups.items():
+    if len(images) < 2:
+      raise InputError(f"{root / prompt}: expected at least 2 images (a pair) for a prompt, got "
+                       f"{len(images)}")
+    # Images of one size share a batch; the similarity is then taken from the embeddings.
+    by_shape = {}
+    for image in images:
+      by_shape.setdefault(image.shape, []).append(image)
+    embeddings[prompt] = np.concatenate([
+        np.asarray(clip.image_embeddings(model, np.stack(same), batch_size=args.batch_size))
+        for same in by_shape.values()])
+  result = semantic.semantic_similarity(embeddings)
+  summary = {"source": args.source, "score": result.score, "per_prompt": result.per_prompt,
+             "mean_cosine": result.mean_cosine, "counts": {k: len(v) for k, v in groups.items()}}
+  if args.json:
+    print(json.dumps(summary))
+  elif not args.quiet:
+    for prompt, score in result.per_prompt.items():
+      print(f"{score:8.4f}  {prompt} ({summary['counts'][prompt]} images)")
+    print(f"semantic similarity {result.score:.4f} (mean over {len(result.per_prompt)} prompts)")
   return 0
 
 

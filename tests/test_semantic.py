@@ -5,6 +5,7 @@ End to end, the CLIP is a small random ``transformers.CLIPModel`` saved in the H
 """
 
 import itertools
+import json
 
 import numpy as np
 import pytest
@@ -214,3 +215,52 @@ def test_clip_score_matches_torchmetrics(tiny_clip):
   tokens = clip.tokenize(tiny_clip["model"].tokenizer, texts, length=16)
   assert clip_score(images, tokens, model=tiny_clip["model"]).score == pytest.approx(out.score,
                                                                                    abs=EXACT)
+
+
+def _semsim_cli(*args):
+  import subprocess
+  import sys
+  return subprocess.run([sys.executable, "-m", "jaxmetrics", "semsim", *map(str, args), "--json"],
+                        capture_output=True, text=True, timeout=600)
+
+
+def test_semsim_command_equals_the_python_api(tmp_path):
+  from PIL import Image
+  make_checkpoint(tmp_path / "clip", "quick_gelu", seed=3)
+  images = {"a cat": test_images(1, 3, 40, 40),
+            "a dog": np.concatenate([test_images(2, 2, 40, 40)])}
+  odd = test_images(3, 1, 30, 50)[0]  # a second size inside one prompt
+  for prompt, group in images.items():
+    (tmp_path / "prompts" / prompt).mkdir(parents=True)
+    for i, image in enumerate(group):
+      Image.fromarray(image).save(tmp_path / "prompts" / prompt / f"{i}.png")
+  Image.fromarray(odd).save(tmp_path / "prompts" / "a dog" / "odd.png")
+  result = _semsim_cli(tmp_path / "prompts", "--clip", tmp_path / "clip")
+  assert result.returncode == 0, result.stderr
+  got = json.loads(result.stdout)
+  assert got["counts"] == {"a cat": 3, "a dog": 3}
+
+  model = clip.load(tmp_path / "clip")
+  dog = [*images["a dog"], odd]
+  expected = semantic_similarity({
+      "a cat": images["a cat"],
+      "a dog": np.concatenate([np.asarray(clip.image_embeddings(model, image[None])) for image in dog])},
+      model=model)
+  for prompt in expected.per_prompt:
+    # Same network; only batch composition differs: float32 round-off on the 0..100 scale.
+    assert got["per_prompt"][prompt] == pytest.approx(expected.per_prompt[prompt], abs=ATOL_SCORE)
+  assert got["score"] == pytest.approx(expected.score, abs=ATOL_SCORE)
+
+
+def test_semsim_command_rejects_a_prompt_with_one_image(tmp_path):
+  from PIL import Image
+  make_checkpoint(tmp_path / "clip", "quick_gelu", seed=3)
+  for prompt, count in (("two", 2), ("one", 1)):
+    (tmp_path / "prompts" / prompt).mkdir(parents=True)
+    for i in range(count):
+      Image.fromarray(test_images(i, 1, 20, 20)[0]).save(tmp_path / "prompts" / prompt / f"{i}.png")
+  result = _semsim_cli(tmp_path / "prompts", "--clip", tmp_path / "clip")
+  assert result.returncode == 2
+  assert result.stderr.strip().count("\n") == 0 and "at least 2 images" in result.stderr
+  result = _semsim_cli(tmp_path / "prompts" / "two", "--clip", tmp_path / "clip")
+  assert result.returncode == 2 and "no sub-folder" in result.stderr
