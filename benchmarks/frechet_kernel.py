@@ -45,10 +45,8 @@ if "--threads" in sys.argv[:-1]:
                                " intra_op_parallelism_threads=1").strip()
 
 import argparse  # noqa: E402
-import ast  # noqa: E402
 import datetime  # noqa: E402
 import importlib.metadata  # noqa: E402
-import importlib.util  # noqa: E402
 import json  # noqa: E402
 import platform  # noqa: E402
 import statistics as pystats  # noqa: E402
@@ -66,6 +64,7 @@ from jaxmetrics.frechet import FrechetReference  # noqa: E402
 from jaxmetrics.frechet import frechet_distance  # noqa: E402
 from jaxmetrics.frechet import frechet_distance_from_features  # noqa: E402
 from jaxmetrics.statistics import FeatureStats  # noqa: E402
+from tests._peers import torch_fidelity_metric_module  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -111,18 +110,13 @@ def pytorch_fid_route(mu1, sigma1, mu2, sigma2, eps=1e-6):
 
 
 def torch_fidelity_route():
-  """torch-fidelity's own function, run unmodified (its module imports torchvision, absent here)."""
-  spec = importlib.util.find_spec("torch_fidelity")
-  if spec is None:
+  """torch-fidelity's own ``fid_statistics_to_metric``, imported and run unmodified."""
+  try:
+    metric_fid = torch_fidelity_metric_module("metric_fid")
+  except ImportError:
     return None
-  path = os.path.join(os.path.dirname(spec.origin), "metric_fid.py")
-  with open(path) as f:
-    module = ast.parse(f.read())
-  (function,) = [n for n in module.body if getattr(n, "name", "") == "fid_statistics_to_metric"]
-  namespace = {"np": np, "vprint": lambda *args: None, "KEY_METRIC_FID": "fid"}
-  exec(compile(ast.Module([function], type_ignores=[]), path, "exec"), namespace)  # noqa: S102
-  return lambda mu1, s1, mu2, s2: namespace["fid_statistics_to_metric"](
-      {"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, verbose=False)["fid"]
+  return lambda mu1, s1, mu2, s2: metric_fid.fid_statistics_to_metric(
+      {"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, verbose=False)[metric_fid.KEY_METRIC_FID]
 
 
 def torchmetrics_route(mu1, sigma1, mu2, sigma2):

@@ -9,9 +9,6 @@ which shows up as 1e-4·scale and more (the eigvalsh-of-the-sandwich route: 3e-4
 with N < d, 7e-4·scale on identical statistics; benchmarks/results/frechet_kernel.md).
 """
 
-import ast
-import importlib.util
-import os
 import warnings
 
 import jax
@@ -20,6 +17,7 @@ import numpy as np
 import pytest
 import scipy.linalg
 
+from tests._peers import torch_fidelity_metric_module
 from jaxmetrics._errors import InputError
 from jaxmetrics.frechet import FrechetReference
 from jaxmetrics.frechet import frechet_distance
@@ -68,22 +66,10 @@ def _scale(mu1, sigma1, mu2, sigma2):
 
 
 def _torch_fidelity_fid():
-  """torch-fidelity's own ``fid_statistics_to_metric``, run unmodified.
-
-  Its module imports torchvision (no CPU wheel here) through ``torch_fidelity.utils``, so the
-  function's source is taken from the installed file and executed with the names it uses.
-  """
-  spec = importlib.util.find_spec("torch_fidelity")
-  if spec is None:
-    pytest.skip("torch-fidelity is not installed (pip install --no-deps torch-fidelity)")
-  path = os.path.join(os.path.dirname(spec.origin), "metric_fid.py")
-  with open(path) as f:
-    module = ast.parse(f.read())
-  (function,) = [n for n in module.body if getattr(n, "name", "") == "fid_statistics_to_metric"]
-  namespace = {"np": np, "vprint": lambda *args: None, "KEY_METRIC_FID": "fid"}
-  exec(compile(ast.Module([function], type_ignores=[]), path, "exec"), namespace)  # noqa: S102
-  return lambda mu1, s1, mu2, s2: namespace["fid_statistics_to_metric"](
-      {"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, verbose=False)["fid"]
+  """torch-fidelity's own ``fid_statistics_to_metric``, imported and run unmodified."""
+  metric_fid = torch_fidelity_metric_module("metric_fid")
+  return lambda mu1, s1, mu2, s2: metric_fid.fid_statistics_to_metric(
+      {"mu": mu1, "sigma": s1}, {"mu": mu2, "sigma": s2}, verbose=False)[metric_fid.KEY_METRIC_FID]
 
 
 CASES = {
