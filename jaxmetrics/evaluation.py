@@ -74,24 +74,29 @@ class Evaluator:
   Args:
     weights: an Inception checkpoint path; ``None`` uses (and downloads once) the official file.
     check_hash: verify the weights' sha256 against the registry; ``False`` for custom weights.
+    params: parameters already loaded (:func:`jaxmetrics.load_params`), used instead of
+      ``weights``; the cache then keys them by the sha256 of their arrays.
     resize, precision, batch_size, num_samples, image_size, splits: as in
       :func:`jaxmetrics.extract.extract`.
     cache: read and write the statistics cache (see the module docstring).
     progress: show progress bars.
   """
 
-  def __init__(self, *, weights=None, check_hash=True, resize="tf1", precision="highest",
-               batch_size=None, num_samples=None, image_size=None, splits=10, cache=True,
-               progress=True):
-    self.weights_path, self.weights_sha256 = inception.weights_file(
-        weights, check_hash=check_hash, progress=progress)
+  def __init__(self, *, weights=None, check_hash=True, params=None, resize="tf1",
+               precision="highest", batch_size=None, num_samples=None, image_size=None, splits=10,
+               cache=True, progress=True):
+    if params is not None:
+      self.weights_path, self.weights_sha256 = None, "params:" + _params_digest(params)
+    else:
+      self.weights_path, self.weights_sha256 = inception.weights_file(
+          weights, check_hash=check_hash, progress=progress)
+    self._params = params
     self.settings = dict(resize=resize, precision=precision, num_samples=num_samples,
                          image_size=None if image_size is None else list(image_size),
                          splits=splits)
     self._batch_size = batch_size
     self._cache = cache
     self._progress = progress
-    self._params = None
 
   @property
   def params(self):
@@ -165,17 +170,18 @@ class Evaluator:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
 
 
-def evaluate(a, b=None, *, metrics=("fid",), weights=None, check_hash=True, resize="tf1",
-             precision="highest", batch_size=None, num_samples=None, image_size=None, splits=10,
-             kid_subsets=100, kid_subset_size=1000, cache=True, progress=False):
+def evaluate(a, b=None, *, metrics=("fid",), params=None, weights=None, check_hash=True,
+             resize="tf1", precision="highest", batch_size=None, num_samples=None,
+             image_size=None, splits=10, kid_subsets=100, kid_subset_size=1000, cache=True,
+             progress=False):
   """Computes several metrics from one feature pass per source.
 
   Args:
     a: the first source (the generated images, for IS).
     b: the second source, for FID and KID (real images or reference statistics).
     metrics: any of ``"fid"``, ``"is"`` (of ``a``), ``"kid"``.
-    weights, check_hash, resize, precision, batch_size, num_samples, image_size, splits, cache,
-      progress: see :class:`Evaluator`.
+    params, weights, check_hash, resize, precision, batch_size, num_samples, image_size, splits,
+      cache, progress: see :class:`Evaluator`.
     kid_subsets, kid_subset_size: see :func:`jaxmetrics.kid`.
 
   Returns:
@@ -184,7 +190,8 @@ def evaluate(a, b=None, *, metrics=("fid",), weights=None, check_hash=True, resi
     statistics cache was used.
   """
   metrics = _check_metrics(metrics, two_sources=b is not None)
-  evaluator = Evaluator(weights=weights, check_hash=check_hash, resize=resize, precision=precision,
+  evaluator = Evaluator(weights=weights, check_hash=check_hash, params=params, resize=resize,
+                        precision=precision,
                         batch_size=batch_size, num_samples=num_samples, image_size=image_size,
                         splits=splits, cache=cache, progress=progress)
   needs = [(a, dict(need_features="kid" in metrics, need_inception_score="is" in metrics))]
@@ -212,7 +219,12 @@ def evaluate(a, b=None, *, metrics=("fid",), weights=None, check_hash=True, resi
 
 
 def fid(a, b, **kwargs):
-  """FID between two sources (folders, arrays, array files, saved statistics); see :func:`evaluate`."""
+  """FID between two sources (folders, arrays, array files, saved statistics).
+
+  Keyword arguments are those of :func:`evaluate` (``params=``, ``weights=``, ``resize=``, …)::
+
+    jaxmetrics.fid(real_images, fake_images, params=params)   # two (N, H, W, 3) arrays
+  """
   return evaluate(a, b, metrics=("fid",), **kwargs)["fid"]
 
 
@@ -299,6 +311,17 @@ def _content_digest(source):
     digest.update(memoryview(array).cast("B"))
     return "array:" + digest.hexdigest()
   return None
+
+
+def _params_digest(params):
+  """sha256 over the parameter paths, shapes, dtypes and bytes (host copies of device arrays)."""
+  digest = hashlib.sha256()
+  for path, leaf in sorted(jax.tree_util.tree_flatten_with_path(params)[0],
+                           key=lambda item: jax.tree_util.keystr(item[0])):
+    array = np.ascontiguousarray(np.asarray(leaf))
+    digest.update(f"{jax.tree_util.keystr(path)}{array.dtype.str}{array.shape}".encode())
+    digest.update(memoryview(array).cast("B"))
+  return digest.hexdigest()
 
 
 def _hash_file(digest, path, chunk=1 << 20):
