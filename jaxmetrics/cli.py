@@ -11,8 +11,9 @@
   jaxmetrics semsim DIR --clip FOLDER       # CLIP semantic similarity, one sub-folder per prompt
   jaxmetrics weights download|verify|path   # manage the checkpoint cache
 
-A source is a folder of images, an ``.npy``/``.npz`` image array, or a saved statistics ``.npz``
-(``mu``, ``sigma``: ours, pytorch-fid's, clean-fid's, guided-diffusion's reference batches).
+A source is a folder of images, an ``.npy``/``.npz`` image array, a saved statistics ``.npz``
+(``mu``, ``sigma``: ours, pytorch-fid's, clean-fid's, guided-diffusion's reference batches), or
+``tfds:NAME:SPLIT`` with the ``tfds`` extra installed.
 
 Exit codes: 0 success; 2 a usage error or bad input named on the command line (a missing folder, a
 bad option, too few images); 1 a runtime failure (download, unreadable or mismatching weights
@@ -61,9 +62,9 @@ def _parser():
       ("kid", 2, "Kernel Inception Distance between two sources", [metric, kid]),
       ("eval", 2, "several metrics from one feature pass per source", [metric, kid])):
     command = commands.add_parser(name, parents=parents, help=help_text, description=help_text + ".")
-    command.add_argument("a", metavar="A", help="folder, .npy/.npz images, or saved statistics")
+    command.add_argument("a", metavar="A", help="folder, .npy/.npz images, saved statistics, or tfds:NAME:SPLIT")
     if sources == 2:
-      command.add_argument("b", metavar="B", help="folder, .npy/.npz images, or saved statistics")
+      command.add_argument("b", metavar="B", help="folder, .npy/.npz images, saved statistics, or tfds:NAME:SPLIT")
     if name == "eval":
       command.add_argument("--metrics", default="fid,is,kid",
                            help="comma-separated: fid, is (of A), kid (default: all)")

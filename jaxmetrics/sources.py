@@ -358,8 +358,9 @@ def open_source(source, *, image_size=None, key=None, workers=None):
   if isinstance(source, (str, os.PathLike)):
     text = os.fspath(source)
     if isinstance(text, str) and text.startswith("tfds:"):
-      raise InputError(f"source: {text!r}: tfds: sources are not supported; pass an iterable such "
-                       "as tfds.as_numpy(tfds.load(NAME, split=SPLIT).batch(256))")
+      _only_for(key, "key", ".npz files", text)
+      _only_for(image_size, "image_size", "image folders", text)
+      return _open_tfds(text)
     path = pathlib.Path(text)
     suffix = path.suffix.lower()
     if path.is_dir():
@@ -391,6 +392,41 @@ def open_source(source, *, image_size=None, key=None, workers=None):
 
 
 # ------------------------------------------------------------------------------------ helpers
+
+
+TFDS_BATCH = 256
+
+
+def _open_tfds(text):
+  """``tfds:NAME:SPLIT`` (e.g. ``tfds:cifar10:train[:5000]``) as an :class:`IterableSource`.
+
+  Needs the ``tfds`` extra (tensorflow-datasets and TensorFlow); the data must already be prepared
+  in ``$TFDS_DATA_DIR`` (default ``~/tensorflow_datasets``) or be downloadable. Examples are read
+  in order (``shuffle_files=False``), ``image`` features only; on several processes each reads its
+  own share (``tfds.split_for_jax_process``). The split's size is known, so IS splits are
+  contiguous.
+  """
+  _, name, split = (text.split(":", 2) + ["", ""])[:3]
+  if not name or not split:
+    raise InputError(f"source: expected tfds:NAME:SPLIT (e.g. tfds:cifar10:train), got {text!r}")
+  try:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    raise InputError(f"source: {text!r} needs tensorflow-datasets and TensorFlow: "
+                     "pip install 'jaxmetrics[tfds]'") from None
+  import jax  # pylint: disable=g-import-not-at-top
+  if jax.process_count() > 1:
+    split = tfds.split_for_jax_process(split)
+  try:
+    dataset, info = tfds.load(name, split=split, shuffle_files=False, with_info=True)
+  except Exception as e:  # tfds raises many types (DatasetNotFoundError, AssertionError, ...)
+    raise InputError(f"source: {text!r}: tfds cannot load it ({' '.join(str(e).split())})") from None
+  batches = (example["image"] for example in tfds.as_numpy(dataset.batch(TFDS_BATCH)))
+  source = IterableSource(batches, name=text)
+  if jax.process_count() == 1:
+    source.num_samples = info.splits[split].num_examples
+    source.per_process = False
+  return source
 
 
 def _only_for(value, name, what, got):
