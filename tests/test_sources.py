@@ -147,7 +147,7 @@ def test_bad_paths_are_one_line_errors(tmp_path):
   _one_line_error("channels-last", sources.open_source, tmp_path / "chw.npy")
   np.save(tmp_path / "objects.npy", np.array([None, 1], object), allow_pickle=True)
   _one_line_error("cannot read it", sources.open_source, tmp_path / "objects.npy")
-  _one_line_error("tfds: sources are not supported", sources.open_source, "tfds:cifar10:train")
+  _one_line_error("needs tensorflow-datasets and TensorFlow", sources.open_source, "tfds:cifar10:train")
   (tmp_path / "empty").mkdir()
   _one_line_error("found none", sources.open_source, tmp_path / "empty")
   _one_line_error("applies to image folders only", sources.open_source, IMAGES, image_size=4)
