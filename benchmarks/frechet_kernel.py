@@ -65,6 +65,7 @@ from jaxmetrics.frechet import frechet_distance  # noqa: E402
 from jaxmetrics.frechet import frechet_distance_from_features  # noqa: E402
 from jaxmetrics.statistics import FeatureStats  # noqa: E402
 from tests._peers import torch_fidelity_metric_module  # noqa: E402
+from tests._reference import reference_fid  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 _HIGHEST = jax.lax.Precision.HIGHEST
@@ -75,15 +76,6 @@ def features(seed, n, d, tilt=0.0):
   rotation, _ = np.linalg.qr(np.random.default_rng(1000 + int(100 * tilt)).standard_normal((d, d)))
   z = rng.standard_normal((n, d)) * np.arange(1, d + 1) ** (-(1.0 + tilt) / 2)
   return np.maximum(z @ rotation.T + 0.5, 0)
-
-
-def reference_fid(mu1, sigma1, mu2, sigma2):
-  w, v = scipy.linalg.eigh(sigma1)
-  root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-  lam = scipy.linalg.eigh(root1 @ sigma2 @ root1, eigvals_only=True)
-  diff = mu1 - mu2
-  trace_sqrt = np.sqrt(np.clip(lam, 0, None)).sum()
-  return diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt
 
 
 def pytorch_fid_route(mu1, sigma1, mu2, sigma2, eps=1e-6):

@@ -11,6 +11,7 @@ from PIL import Image
 
 from jaxmetrics import inception
 from tests import _inception_fixtures as fixtures
+from tests._reference import reference_fid_of_features
 
 
 def _run(*args, cache):
@@ -143,17 +144,6 @@ def photo_folders(tmp_path_factory):
   return root / "real", root / "fake"
 
 
-def _textbook_fid(x, y):
-  """FID in float64 from features: np.cov, and tr √(Σ₁Σ₂) as Σ √λ of the PSD Σ₁^½ Σ₂ Σ₁^½."""
-  import scipy.linalg
-  mu1, mu2 = x.mean(0), y.mean(0)
-  s1, s2 = np.cov(x, rowvar=False), np.cov(y, rowvar=False)
-  w, v = scipy.linalg.eigh(s1)
-  root = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-  lam = np.clip(scipy.linalg.eigvalsh(root @ s2 @ root), 0, None)
-  return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.sqrt(lam).sum())
-
-
 def _folder_features(params, folder):
   images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.iterdir())])
   return np.asarray(inception.features(params, images)["pool3"], np.float64)
@@ -174,7 +164,7 @@ def test_eval_json_matches_a_textbook_computation_and_caches(photo_folders, ince
   x, y = _folder_features(params, fake), _folder_features(params, real)
   # float32 features and statistics vs this float64 computation from (float32) features of the
   # same network: the kernel's own error is ~1e-6 relative; 1e-4 covers feature round-off.
-  assert result["fid"] == pytest.approx(_textbook_fid(x, y), rel=1e-4)
+  assert result["fid"] == pytest.approx(reference_fid_of_features(x, y), rel=1e-4)
   assert result["kid_mean"] > 0 and result["is_mean"] >= 1.0
 
   again = _run(*args, cache=tmp_path / "cache")

@@ -6,7 +6,7 @@ import pytest
 import jaxmetrics
 from jaxmetrics import inception
 from tests import _inception_fixtures as fixtures
-from tests.test_cli import _textbook_fid
+from tests._reference import reference_fid_of_features
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +21,7 @@ def test_fid_of_two_arrays_with_loaded_params(params, tmp_path, monkeypatch):
   x = np.asarray(inception.features(params, a)["pool3"], np.float64)
   y = np.asarray(inception.features(params, b)["pool3"], np.float64)
   # float32 statistics and kernel vs float64 from the same float32 features: 1e-4 (see test_cli).
-  assert value == pytest.approx(_textbook_fid(x, y), rel=1e-4)
+  assert value == pytest.approx(reference_fid_of_features(x, y), rel=1e-4)
 
   results = jaxmetrics.evaluate(a, b, params=params, metrics=("fid", "is", "kid"), splits=2,
                                 kid_subsets=3, kid_subset_size=5)

@@ -18,6 +18,7 @@ import pytest
 import scipy.linalg
 
 from tests._peers import torch_fidelity_metric_module
+from tests._reference import reference_fid as _reference_fid
 from jaxmetrics._errors import InputError
 from jaxmetrics.frechet import FrechetReference
 from jaxmetrics.frechet import frechet_distance
@@ -40,16 +41,6 @@ def _features(seed, n, d=D, scale=1.0, tilt=0.0):
 
 def _stats(x):
   return x.mean(axis=0), np.cov(x, rowvar=False)
-
-
-def _reference_fid(mu1, sigma1, mu2, sigma2):
-  """Textbook float64 FID: √Σ₁ by scipy eigh, then eigvalsh of the symmetric √Σ₁ Σ₂ √Σ₁."""
-  w, v = scipy.linalg.eigh(sigma1)
-  root1 = (v * np.sqrt(np.clip(w, 0, None))) @ v.T
-  lam = scipy.linalg.eigh(root1 @ sigma2 @ root1, eigvals_only=True)
-  diff = mu1 - mu2
-  trace_sqrt = np.sqrt(np.clip(lam, 0, None)).sum()
-  return diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2 * trace_sqrt
 
 
 def _exact_features_fid(x, y):
