@@ -97,6 +97,7 @@ class Evaluator:
     self._batch_size = batch_size
     self._cache = cache
     self._progress = progress
+    self._saved = {}
 
   @property
   def params(self):
@@ -112,7 +113,15 @@ class Evaluator:
     """
     if isinstance(source, (str, os.PathLike)) and not os.path.exists(source):
       raise InputError(f"{os.fspath(source)}: no such file or folder")
-    saved = _saved_statistics(source)
+    # evaluate() checks every source before any pass and statistics() checks again: read and
+    # validate a saved .npz (a 2048×2048 float64 matrix) once per path.
+    key = os.fspath(source) if isinstance(source, (str, os.PathLike)) else None
+    if key is not None and key in self._saved:
+      saved = self._saved[key]
+    else:
+      saved = _saved_statistics(source)
+      if key is not None:
+        self._saved[key] = saved
     if saved is not None and (need_features or need_inception_score) and not saved[2]:
       wanted = "KID needs pool3 features" if need_features else "IS needs logits"
       raise InputError(f"{_describe(source)}: {wanted}, but the file holds only FID statistics "
