@@ -119,6 +119,48 @@ def test_near_identical_statistics():
   assert abs(float(frechet_distance(*stats)) - reference) <= F32_TOL * _scale(*stats)
 
 
+def _near_duplicate(independent_eps, seed=0):
+  """Features whose column 5 repeats the widest column plus noise of `independent_eps` x ε32 of
+  its variance: a covariance singular (0) or nearly singular to float32 precision, N ≫ d."""
+  x = _features(1, 2000)
+  widest = int(np.argmax(x.var(axis=0)))
+  noise = np.random.default_rng(seed).standard_normal(len(x))
+  x[:, 5] = x[:, widest] + np.sqrt(independent_eps * np.finfo(np.float32).eps) * x[:, widest].std(
+  ) * noise
+  return x
+
+
+@pytest.mark.parametrize("independent_eps", [0, 1, 8, 100])
+def test_near_duplicate_feature(independent_eps):
+  """A duplicated feature (singular covariance, N ≫ d) and nearly duplicated ones."""
+  x, y = _near_duplicate(independent_eps), _features(2, 3000, tilt=0.1)
+  stats = (*_stats(x), *_stats(y))
+  # Measured: 0.8, 11, 2.6 and 0.4 ε·scale; the eigh factor alone would give 0.8, 11, 31 and 0.4.
+  error = abs(float(frechet_distance(*stats)) - _exact_features_fid(x, y))
+  assert error <= F32_TOL * _scale(*stats)
+
+
+def test_covariance_factor_route():
+  """Cholesky where it is well defined, eigh where the covariance is singular to working precision:
+  the branch matters for speed (eigh costs 10x) and, near singularity, for accuracy."""
+  from jaxmetrics.frechet import _covariance_factor
+  def factor_and_cholesky(x):
+    sigma = jnp.asarray(np.cov(x, rowvar=False), jnp.float32)
+    return np.asarray(_covariance_factor(sigma)), np.asarray(jnp.linalg.cholesky(sigma)), sigma
+  factor, cholesky, _ = factor_and_cholesky(_features(1, 2000))
+  np.testing.assert_array_equal(factor, cholesky)
+  factor, cholesky, _ = factor_and_cholesky(_near_duplicate(100))
+  np.testing.assert_array_equal(factor, cholesky)  # smallest pivot ~100 ε Σ_jj: resolved
+  # An exact duplicate: Cholesky completes, but on a round-off pivot (≈0.65 ε Σ_jj).
+  factor, cholesky, sigma = factor_and_cholesky(_near_duplicate(0))
+  assert np.all(np.isfinite(cholesky))
+  assert not np.array_equal(factor, cholesky)
+  # Rank-deficient (N < d): Cholesky fails with NaN; the eigh factor is finite and factors Σ.
+  factor, cholesky, sigma = factor_and_cholesky(_features(1, 60))
+  assert not np.all(np.isfinite(cholesky))
+  np.testing.assert_allclose(factor @ factor.T, sigma, atol=F32_TOL * float(jnp.max(sigma)))
+
+
 def test_matches_pytorch_fid_sqrtm_route():
   """pytorch-fid's route: trace of scipy.linalg.sqrtm(Σ₁Σ₂) in float64, on well-conditioned data."""
   x, y = _features(5, 2000, d=64), _features(6, 3000, d=64, tilt=0.1)
