@@ -12,11 +12,8 @@ Writes benchmarks/results/agreement.{json,md}.
 """
 
 import argparse
-import datetime
-import json
 import os
 import pathlib
-import platform
 import sys
 import tempfile
 
@@ -25,9 +22,9 @@ import numpy as np
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-import jax  # noqa: E402
 import torch  # noqa: E402
 
+import _results  # noqa: E402
 import jaxmetrics  # noqa: E402
 from jaxmetrics import extract  # noqa: E402
 from jaxmetrics import inception  # noqa: E402
@@ -108,26 +105,18 @@ def main():
   rows.append({"quantity": "KID mean", "jaxmetrics": float(our_kid[0]), "torch_fidelity": peer_mean,
                "difference": abs(float(our_kid[0]) - peer_mean) / abs(peer_mean), "bar": None})
 
-  meta = {"date": datetime.date.today().isoformat(), "machine": platform.processor() or "cpu",
-          "cores": os.cpu_count(), "backend": jax.default_backend(), "devices": jax.device_count(),
-          "images_per_set": args.n, "image_size": args.size,
-          "versions": {"jaxmetrics": jaxmetrics.__version__, "jax": jax.__version__,
-                       "torch": torch.__version__, "torch_fidelity": "0.4.0"}}
-  out = ROOT / "benchmarks" / "results"
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "agreement.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-  lines = [f"jaxmetrics vs torch-fidelity on the same random-weight checkpoint and images "
-           f"({args.n} + {args.n} images of {args.size}×{args.size}, TF1 resize). "
-           f"{meta['cores']} CPU cores, {jax.default_backend()}, {meta['date']}; jax "
-           f"{jax.__version__}, torch {torch.__version__}. Random weights give large feature "
-           f"magnitudes, so FID and KID are large here: compare the relative differences.", "",
+  meta = _results.machine(images_per_set=args.n, image_size=args.size)
+  lines = ["# Agreement with torch-fidelity", "", _results.describe(meta), "",
+           f"jaxmetrics vs torch-fidelity on the same random-weight checkpoint and images "
+           f"({args.n} + {args.n} images of {args.size}×{args.size}, TF1 resize). Random weights "
+           "give large feature magnitudes, so FID and KID are large here: compare the relative "
+           "differences. Command: `python benchmarks/agreement.py`.", "",
            "| quantity | jaxmetrics | torch-fidelity | relative difference |", "|---|---|---|---|"]
   for row in rows:
     fmt = lambda v: "" if v is None else f"{v:.8g}"
     lines.append(f"| {row['quantity']} | {fmt(row['jaxmetrics'])} | {fmt(row['torch_fidelity'])} | "
                  f"{row['difference']:.2e} |")
-  (out / "agreement.md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  _results.write("agreement", {"meta": meta, "rows": rows}, "\n".join(lines))
 
 
 if __name__ == "__main__":

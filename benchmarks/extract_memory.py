@@ -21,11 +21,9 @@ Writes benchmarks/results/extract_memory.{json,md}.
 """
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
-import platform
 import subprocess
 import sys
 import tempfile
@@ -166,30 +164,23 @@ def main():
     for n in (64, 256):
       rows.append(_run_child("generator", n, "-", legacy))
 
-  import jax  # pylint: disable=import-outside-toplevel
-  import jaxmetrics  # pylint: disable=import-outside-toplevel
-  meta = {"date": datetime.date.today().isoformat(), "cores": os.cpu_count(),
-          "devices": "1 CPU device", "image": f"{SIDE}x{SIDE}x3 uint8",
-          "batch": f"{BATCH} (stand-in), 32 (real)",
-          "versions": {"jaxmetrics": jaxmetrics.__version__, "jax": jax.__version__,
-                       "python": platform.python_version()}}
-  out = ROOT / "benchmarks" / "results"
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "extract_memory.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-  lines = [f"Peak host memory of a process running `extract` (a fresh process per row, "
-           f"{meta['devices']}, {meta['image']} images, global batch {meta['batch']}; "
-           f"{meta['cores']} cores, {meta['date']}; jax {jax.__version__}). `peak RSS`: VmHWM of "
-           "the whole process (runtime, weights, compiled step, warm-up included); `anon` and "
-           "`file`: largest RssAnon (heap) and RssFile (mapped files) sampled every 5 ms while "
-           "the images stream; `all images`: what holding them would take.", "",
+  import _results  # pylint: disable=import-outside-toplevel
+  meta = _results.machine(devices_used="1 CPU device", image=f"{SIDE}x{SIDE}x3 uint8",
+                          batch=f"{BATCH} (stand-in), 32 (real)")
+  lines = ["# Peak host memory of extract", "", _results.describe(meta), "",
+           f"Peak host memory of a process running `extract` (a fresh process per row, "
+           f"{meta['devices_used']}, {meta['image']} images, global batch {meta['batch']}). "
+           "`peak RSS`: VmHWM of the whole process (runtime, weights, compiled step, warm-up "
+           "included); `anon` and `file`: largest RssAnon (heap) and RssFile (mapped files) "
+           "sampled every 5 ms while the images stream; `all images`: what holding them would "
+           "take. Command: `python benchmarks/extract_memory.py`.", "",
            "| source | network | images | peak RSS (MB) | anon (MB) | file (MB) | all images (MB) "
            "| images/s |", "|---|---|---|---|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['kind']} | {r['network']} | {r['n']:,} | {r['peak_rss_mb']} | "
                  f"{r['peak_anon_mb']} | {r['peak_file_mb']} | {r['all_images_mb']:,} | "
                  f"{r['images_per_s']} |")
-  (out / "extract_memory.md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  _results.write("extract_memory", {"meta": meta, "rows": rows}, "\n".join(lines))
 
 
 if __name__ == "__main__":

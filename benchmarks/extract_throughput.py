@@ -3,19 +3,24 @@
 Both extractors load the same random-weight checkpoint in the official format (the real weights
 cannot be downloaded here; speed does not depend on the values, and calibrated BatchNorm statistics
 keep activations free of denormals that would distort CPU timings). Each takes uint8 images, resizes
-to 299×299 with TF1 bilinear and returns pool3 and both logits, at full float32 precision.
+to 299×299 with TF1 bilinear and returns pool3 and both logits. jaxmetrics runs at each requested
+matmul/convolution precision: "highest" (full float32, the default) and "default" (the fast mode:
+bfloat16 passes on TPUs, TF32 on Ampere and later GPUs; CPUs compute float32 either way); the
+"pool3 change" column is the relative L2 difference of its features from the highest-precision
+ones on the same images, the size of the change the fast mode makes. torch-fidelity runs as
+it does for its users (float32; on an NVIDIA GPU torch's defaults let cuDNN convolutions use TF32,
+torch.backends.cudnn.allow_tf32 = True, and keep matmuls in float32). pytorch-fid and torchmetrics need
+torchvision, which this CPU machine lacks: their rows say "not measured" here.
 
-  python benchmarks/extract_throughput.py [--batch-sizes 16,32] [--sizes 32,299] [--repeats 3]
+  python benchmarks/extract_throughput.py [--batch-sizes 32,64,128,256,512] [--sizes 299]
+      [--precisions highest,default] [--repeats 2]
 
-Writes benchmarks/results/extract_throughput.{json,md}.
+Writes benchmarks/results/extract_throughput.{json,md,png}.
 """
 
 import argparse
-import datetime
-import json
-import os
 import pathlib
-import platform
+import os
 import sys
 import tempfile
 import time
@@ -28,86 +33,94 @@ sys.path.insert(0, str(ROOT))
 import jax  # noqa: E402
 import torch  # noqa: E402
 
-import jaxmetrics  # noqa: E402
+import _results  # noqa: E402
 from jaxmetrics import inception  # noqa: E402
 from tests import _inception_fixtures as fixtures  # noqa: E402
 
 
-def _cpu_model():
-  try:
-    for line in open("/proc/cpuinfo"):
-      if line.startswith("model name"):
-        return line.split(":", 1)[1].strip()
-  except OSError:
-    pass
-  return platform.processor() or "unknown"
-
-
 def _time(fn, repeats):
-  fn()  # warm-up: compilation (JAX) and allocator caches (both)
+  out = fn()  # warm-up: compilation (JAX) and allocator caches (both)
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
     fn()
     times.append(time.perf_counter() - start)
-  return min(times), float(np.median(times))
+  return min(times), float(np.median(times)), out
+
+
+def _relative(a, b):
+  a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--batch-sizes", default="16,32")
-  parser.add_argument("--sizes", default="32,299", help="input image side lengths")
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--batch-sizes", default="32,64,128,256,512")
+  parser.add_argument("--sizes", default="299", help="input image side lengths")
+  parser.add_argument("--precisions", default="highest,default")
+  parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--no-torch", dest="torch", action="store_false")
   args = parser.parse_args()
 
-  threads = os.cpu_count()
-  torch.set_num_threads(threads)
+  torch.set_num_threads(os.cpu_count())
   folder = pathlib.Path(tempfile.mkdtemp())
   legacy, _ = fixtures.save_checkpoints(fixtures.random_state_dict(seed=0), folder)
   os.environ["JAXMETRICS_CACHE"] = str(folder / "cache")
   params = jax.device_put(inception.load_params(legacy, check_hash=False, progress=False))
-  extractor = fixtures.torch_fidelity_extractor(legacy)
+  extractor = fixtures.torch_fidelity_extractor(legacy) if args.torch else None
+  precisions = args.precisions.split(",")
 
   rows = []
   for side in [int(s) for s in args.sizes.split(",")]:
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
       images = fixtures.test_images(side + batch, batch, side, side)
-      nchw = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+      baseline = None
+      for precision in precisions:
+        def run_jax(precision=precision):
+          return jax.block_until_ready(inception.features(params, images, precision=precision))
+        best, median, out = _time(run_jax, args.repeats)
+        pool3 = np.asarray(out["pool3"])
+        baseline = pool3 if baseline is None else baseline
+        rows.append({"library": "jaxmetrics", "precision": precision, "input": f"{side}x{side}",
+                     "batch": batch, "best_s": best, "median_s": median,
+                     "images_per_s": batch / best, "pool3_change": _relative(pool3, baseline)})
+        print(rows[-1], flush=True)
+      if extractor is not None:
+        nchw = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
-      def run_jax():
-        jax.block_until_ready(inception.features(params, images))
-
-      def run_torch():
-        with torch.no_grad():
-          extractor(nchw)
-
-      for name, fn in (("jaxmetrics", run_jax), ("torch-fidelity", run_torch)):
-        best, median = _time(fn, args.repeats)
-        rows.append({"library": name, "input": f"{side}x{side}", "batch": batch,
-                     "best_s": round(best, 3), "median_s": round(median, 3),
-                     "images_per_s": round(batch / median, 2)})
+        def run_torch():
+          with torch.no_grad():
+            return extractor(nchw)
+        best, median, _ = _time(run_torch, args.repeats)
+        rows.append({"library": "torch-fidelity", "precision": "float32", "input": f"{side}x{side}",
+                     "batch": batch, "best_s": best, "median_s": median,
+                     "images_per_s": batch / best, "pool3_change": None})
         print(rows[-1], flush=True)
 
-  meta = {
-      "date": datetime.date.today().isoformat(), "machine": _cpu_model(), "cores": os.cpu_count(),
-      "backend": jax.default_backend(), "threads_torch": threads, "precision": "float32 highest",
-      "versions": {"jaxmetrics": jaxmetrics.__version__, "jax": jax.__version__,
-                   "torch": torch.__version__, "torch_fidelity": "0.4.0", "python": platform.python_version()},
-  }
-  out = ROOT / "benchmarks" / "results"
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "extract_throughput.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
-  lines = [f"Inception feature extraction, uint8 input → TF1 resize → pool3 + logits, float32 highest. "
-           f"{meta['machine']}, {meta['cores']} cores, {meta['date']}; jax {jax.__version__}, "
-           f"torch {torch.__version__}.", "",
-           "| input | batch | jaxmetrics (images/s) | torch-fidelity (images/s) | speed-up |",
-           "|---|---|---|---|---|"]
-  for i in range(0, len(rows), 2):
-    j, t = rows[i], rows[i + 1]
-    lines.append(f"| {j['input']} | {j['batch']} | {j['images_per_s']} | {t['images_per_s']} | "
-                 f"{j['images_per_s'] / t['images_per_s']:.2f}× |")
-  (out / "extract_throughput.md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  meta = _results.machine(threads_torch=torch.get_num_threads(), repeats=args.repeats)
+  lines = [
+      "# Inception feature extraction throughput",
+      "",
+      _results.describe(meta),
+      "",
+      "uint8 input → TF1 resize to 299×299 → pool3 + logits. images/s from the fastest of "
+      f"{args.repeats} timed calls after a warm-up (compilation excluded). pool3 change: relative L2 "
+      "difference from jaxmetrics at precision highest on the same images. "
+      "Command: `python benchmarks/extract_throughput.py`.",
+      "",
+      "| input | batch | library | precision | images/s | vs torch-fidelity | pool3 change |",
+      "|---|---:|---|---|---:|---:|---:|",
+  ]
+  for row in rows:
+    peer = next((r for r in rows if r["library"] == "torch-fidelity"
+                 and r["batch"] == row["batch"] and r["input"] == row["input"]), None)
+    ratio = f"{row['images_per_s'] / peer['images_per_s']:.2f}×" if peer else ""
+    change = "" if row["pool3_change"] is None else f"{row['pool3_change']:.1e}"
+    lines.append(f"| {row['input']} | {row['batch']} | {row['library']} | {row['precision']} | "
+                 f"{row['images_per_s']:.2f} | {ratio} | {change} |")
+  lines += ["", "pytorch-fid, torchmetrics: not measured (no torchvision on this machine)."
+            if meta["backend"] == "cpu" else ""]
+  _results.write("extract_throughput", {"meta": meta, "rows": rows}, "\n".join(lines))
 
 
 if __name__ == "__main__":

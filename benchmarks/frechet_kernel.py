@@ -48,7 +48,6 @@ if "--threads" in sys.argv[:-1]:
 import argparse  # noqa: E402
 import datetime  # noqa: E402
 import importlib.metadata  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import statistics as pystats  # noqa: E402
 import time  # noqa: E402
@@ -61,6 +60,7 @@ import scipy.linalg  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+import _results  # noqa: E402
 from jaxmetrics import frechet  # noqa: E402
 from jaxmetrics.frechet import FrechetReference  # noqa: E402
 from jaxmetrics.frechet import frechet_distance  # noqa: E402
@@ -69,7 +69,6 @@ from jaxmetrics.statistics import FeatureStats  # noqa: E402
 from tests._peers import torch_fidelity_metric_module  # noqa: E402
 from tests._reference import reference_fid  # noqa: E402
 
-RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 _HIGHEST = jax.lax.Precision.HIGHEST
 
 
@@ -398,12 +397,7 @@ def main():
   if args.stats_samples:
     result["stats_accuracy"] = stats_accuracy(n=args.stats_samples)
     print(result["stats_accuracy"], flush=True)
-  os.makedirs(RESULTS, exist_ok=True)
-  with open(os.path.join(RESULTS, f"{args.out}.json"), "w") as f:
-    json.dump(result, f, indent=2)
-  with open(os.path.join(RESULTS, f"{args.out}.md"), "w") as f:
-    f.write(markdown(result))
-  print(markdown(result))
+  _results.write(args.out, result, markdown(result))
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ Writes benchmarks/results/scaling.{json,md}.
 """
 
 import argparse
-import datetime
 import json
 import os
 import pathlib
@@ -85,24 +84,21 @@ def main():
   for run in runs:
     run["mean_max_relative_difference_vs_1"] = float(
         np.abs(np.asarray(run.pop("mean")) - base_mean).max() / np.abs(base_mean).max())
-  meta = {"date": datetime.date.today().isoformat(), "cores": os.cpu_count(),
-          "forced_cpu_devices": not args.real, "images": args.n, "image_size": args.size,
-          "global_batch": args.batch}
-  out = ROOT / "benchmarks" / "results"
-  out.mkdir(parents=True, exist_ok=True)
-  (out / "scaling.json").write_text(json.dumps({"meta": meta, "runs": runs}, indent=2) + "\n")
+  import _results  # pylint: disable=import-outside-toplevel  (jax starts here, not in children)
+  meta = _results.machine(forced_cpu_devices=not args.real, images=args.n, image_size=args.size,
+                          global_batch=args.batch)
   kind = "forced CPU devices sharing" if not args.real else "devices of a machine with"
-  lines = [f"`extract` of {args.n} images ({args.size}×{args.size}, global batch {args.batch}) on "
-           f"1–8 {kind} {meta['cores']} cores, {meta['date']}. Second run (compiled); results "
-           "compared with the 1-device run.", "",
+  lines = ["# Scaling over devices", "", _results.describe(meta), "",
+           f"`extract` of {args.n} images ({args.size}×{args.size}, global batch {args.batch}) on "
+           f"1–8 {kind} {meta['cores']} cores. Second run (compiled); results compared with the "
+           "1-device run. Command: `python benchmarks/scaling.py`.", "",
            "| devices | images/s | first run incl. compile (s) | max rel. diff. of mean | tr Σ | IS |",
            "|---|---|---|---|---|---|"]
   for run in runs:
     lines.append(f"| {run['devices']} | {run['images_per_s']:.2f} | {run['first_run_s']:.1f} | "
                  f"{run['mean_max_relative_difference_vs_1']:.1e} | {run['covariance_trace']:.6g} | "
                  f"{run['inception_score'][0]:.7f} |")
-  (out / "scaling.md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  _results.write("scaling", {"meta": meta, "runs": runs}, "\n".join(lines))
 
 
 if __name__ == "__main__":
