@@ -8,7 +8,7 @@
   jaxmetrics eval A B --metrics fid,is,kid  # several metrics from one feature pass per source
   jaxmetrics stats A -o ref.npz             # reference statistics (pytorch-fid's .npz format)
   jaxmetrics features A [-o features.npz]   # Inception features of every image of a source
-  jaxmetrics semsim DIR --clip FOLDER       # CLIP semantic similarity, one sub-folder per prompt
+  jaxmetrics semsim DIR [--clip CKPT]       # CLIP semantic similarity, one sub-folder per prompt
   jaxmetrics weights download|verify|path   # manage the checkpoint cache
 
 A source is a folder of images, an ``.npy``/``.npz`` image array, a saved statistics ``.npz``
@@ -97,8 +97,10 @@ def _parser():
                   "over all distinct pairs of its images, as 100·max(mean cosine, 0), and the "
                   "average over prompts.")
   semsim.add_argument("source", metavar="DIR", help="folder with one sub-folder of images per prompt")
-  semsim.add_argument("--clip", metavar="FOLDER",
-                      help="CLIP checkpoint: Hugging Face model.safetensors + config.json, or OpenCLIP")
+  semsim.add_argument("--clip", metavar="CKPT",
+                      help="CLIP checkpoint: a Hugging Face (model.safetensors + config.json) or "
+                           "OpenCLIP folder, an OpenAI .pt, or a registered name (openai-clip-vit-"
+                           "b-32, -b-16, -l-14); default: download OpenAI's ViT-B/32 once")
   semsim.add_argument("--batch-size", type=_positive_int, metavar="N",
                       help="images per CLIP step (default: a prompt's images at once)")
   _output_options(semsim)
@@ -223,8 +225,10 @@ def _metric(args):
       lines.append(f"KID  {results['kid_mean']:.8f} ± {results['kid_std']:.8f}")
     print("\n".join(lines))
     counts = f"n1={_count(results['n1'])}" + (f", n2={_count(results['n2'])}" if two else "")
-    print(f"{counts}; weights {results['weights']} (sha256 {results['weights_sha256'][:12]}…), "
-          f"resize {results['resize']}")
+    used = (f"weights {results['weights']} (sha256 {results['weights_sha256'][:12]}…), "
+            f"resize {results['resize']}" if results["weights_sha256"] else
+            "from saved statistics only (no weights needed)")
+    print(f"{counts}; {used}")
   return 0
 
 
@@ -264,7 +268,10 @@ def _semsim(args):
       except InputError as e:
         warnings.warn(f"skipped {e}", stacklevel=1)
     groups[folder.name] = images
-  model = clip.load(args.clip)
+  if args.clip is None or (args.clip in clip.MODELS and not os.path.exists(args.clip)):
+    model = clip.load(name=args.clip, progress=not args.quiet)
+  else:
+    model = clip.load(args.clip)
   embeddings = {}
   for prompt, images in groups.items():
     if len(images) < 2:

@@ -17,11 +17,14 @@ projection. These are ``CLIPModel.get_image_features`` / ``get_text_features`` o
   largest id in the CLIP vocabulary, as OpenAI's code assumes); newer ones pool at the first
   ``input_ids == eos_token_id``. :attr:`TextConfig.pooling` records which.
 * **Checkpoints**: Hugging Face ``model.safetensors`` (or ``pytorch_model.bin``) with
-  ``config.json``, and OpenCLIP state dicts (``open_clip_model.safetensors`` /
-  ``open_clip_pytorch_model.bin`` with ``open_clip_config.json``), whose names are mapped to the
-  Hugging Face ones (``attn.in_proj_weight`` split into q, k, v; ``visual.proj`` and
-  ``text_projection`` transposed). Parameter paths follow the Hugging Face names
-  (``vision_model/encoder/layers_0/self_attn/q_proj/kernel``).
+  ``config.json``, OpenCLIP state dicts (``open_clip_model.safetensors`` /
+  ``open_clip_pytorch_model.bin`` with ``open_clip_config.json``), and OpenAI's own TorchScript
+  archives (``ViT-B-32.pt``: float16 weights, no config, no tokenizer), the ones :func:`load`
+  downloads by name from the checkpoint registry (:data:`MODELS`, see ``weights/README.md``).
+  OpenCLIP and OpenAI share one layout, mapped to the Hugging Face names (``attn.in_proj_weight``
+  split into q, k, v; ``visual.proj`` and ``text_projection`` transposed); an OpenAI archive's
+  config is inferred from its tensor shapes (:meth:`Config.from_openai`). Parameter paths follow
+  the Hugging Face names (``vision_model/encoder/layers_0/self_attn/q_proj/kernel``).
 * **Preprocessing** (:func:`preprocess`) runs on device and reproduces ``CLIPImageProcessor``'s
   PIL backend (``transformers`` 4's processor; ``CLIPImageProcessorPil`` in 5, whose default
   ``CLIPImageProcessor`` uses torchvision's own antialiased bicubic when torchvision is installed):
@@ -34,6 +37,8 @@ projection. These are ``CLIPModel.get_image_features`` / ``get_text_features`` o
 * **Tokens** come from the checkpoint's ``tokenizer.json`` through the ``tokenizers`` library
   (:func:`load_tokenizer`, :func:`tokenize`), truncated to the context length with the end-of-text
   token kept, as ``CLIPTokenizer(truncation=True)`` and OpenAI's ``clip.tokenize(truncate=True)``.
+  OpenAI's archives carry no tokenizer: pass ``load(tokenizer=...)`` the ``tokenizer.json`` of a
+  Hugging Face CLIP (all OpenAI CLIPs share one vocabulary) to embed strings, or pass token ids.
 
 Matmuls and the patch convolution run at ``Precision.HIGHEST`` unless asked otherwise: on GPUs the
 default float32 precision is TF32, which moves embeddings by far more than the 1e-4 the tests hold
@@ -44,6 +49,9 @@ Example::
   model = jaxmetrics.clip.load("clip-vit-base-patch32/")  # model.safetensors, config.json, ...
   img = jaxmetrics.clip.image_embeddings(model, images)   # uint8 (N, H, W, 3), any size: (N, 512)
   txt = jaxmetrics.clip.text_embeddings(model, ["a photo of a cat"])            # (1, 512)
+
+  # OpenAI's ViT-B/32, downloaded once and checked against its sha256; text needs a tokenizer.
+  model = jaxmetrics.clip.load(tokenizer="clip-vit-base-patch32/tokenizer.json")
 """
 
 import dataclasses
@@ -62,7 +70,8 @@ import numpy as np
 from jaxmetrics import _params
 from jaxmetrics import resize as _resize
 from jaxmetrics import torch_checkpoint
-from jaxmetrics._errors import CheckpointError, InputError, WeightsError
+from jaxmetrics import weights
+from jaxmetrics._errors import CheckpointError, InputError
 from jaxmetrics._inputs import PRECISIONS, batched, check_batch_size, check_images, check_precision
 
 __all__ = [
@@ -71,6 +80,7 @@ __all__ = [
     "DEFAULT",
     "IMAGE_MEAN",
     "IMAGE_STD",
+    "MODELS",
     "Model",
     "TextConfig",
     "VisionConfig",
@@ -87,7 +97,9 @@ __all__ = [
     "tokenize",
 ]
 
-DEFAULT = "openai-clip-vit-base-patch32"
+DEFAULT = "openai-clip-vit-b-32"
+# Registry names (weights/manifest.json) of OpenAI's CLIP TorchScript archives load() can download.
+MODELS = ("openai-clip-vit-b-32", "openai-clip-vit-b-16", "openai-clip-vit-l-14")
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 CROPS = ("hf", "openai")
@@ -235,6 +247,68 @@ class Config:
       raise CheckpointError(f"{source}: only OpenCLIP's default argmax text pooling and "
                             "class-token image pooling are supported")
     return out._validated(source)
+
+  @classmethod
+  def from_openai(cls, state_dict, source="state dict"):
+    """From the tensor shapes of a state dict in OpenAI's layout, as OpenAI's ``build_model``.
+
+    OpenAI's archives hold no config. As ``clip/model.py``'s ``build_model`` (ViT models): vision
+    width = ``visual.conv1.weight`` output channels, patch = its kernel size, layers = the number of
+    ``visual.transformer.resblocks``, image size = patch × √(``visual.positional_embedding``
+    rows − 1); text width = ``ln_final.weight`` size, layers = the number of
+    ``transformer.resblocks``, context length = ``positional_embedding`` rows, vocabulary =
+    ``token_embedding.weight`` rows; projection = ``text_projection`` columns; heads = width // 64
+    in both towers; ``quick_gelu``; LayerNorm eps 1e-5 (torch's default); argmax pooling (the
+    end-of-text token has the largest id, ``vocab_size − 1``). The MLP widths are read from
+    ``mlp.c_fc`` (4 × width in every OpenAI model).
+    """
+    sd = {k.removeprefix("module."): v for k, v in state_dict.items()}
+    if "visual.proj" not in sd and any(k.startswith("visual.layer1.") for k in sd):
+      raise CheckpointError(f"{source}: a ResNet CLIP (visual.layer1...): only ViT image towers "
+                            "are supported")
+    shapes = {}
+    for name, rank in (("visual.conv1.weight", 4), ("visual.positional_embedding", 2),
+                       ("visual.proj", 2), ("text_projection", 2), ("positional_embedding", 2),
+                       ("token_embedding.weight", 2), ("ln_final.weight", 1)):
+      shape = tuple(np.shape(sd[name])) if name in sd else None
+      if shape is None or len(shape) != rank:
+        found = "no such tensor" if shape is None else f"shape {shape}"
+        raise CheckpointError(f"{source}: cannot infer the CLIP config: expected a rank-{rank} "
+                              f"tensor {name!r} (OpenAI's ViT CLIP layout), found {found}")
+      shapes[name] = shape
+    v_width, _, patch, patch_w = shapes["visual.conv1.weight"]
+    positions = shapes["visual.positional_embedding"][0]
+    grid = round(max(positions - 1, 0) ** 0.5)
+    if patch != patch_w or grid * grid + 1 != positions:
+      raise CheckpointError(f"{source}: cannot infer the CLIP config: expected a square patch "
+                            f"kernel and 1 + grid² vision positions, got kernel "
+                            f"{patch}×{patch_w} and {positions} positions")
+    t_width = shapes["ln_final.weight"][0]
+
+    def layers(prefix):
+      return len({k[len(prefix):].split(".", 1)[0] for k in sd if k.startswith(prefix)})
+
+    def mlp_width(prefix, width):
+      fc = sd.get(f"{prefix}0.mlp.c_fc.weight")
+      return int(np.shape(fc)[0]) if fc is not None and np.ndim(fc) == 2 else 4 * width
+
+    for tower, width in (("vision", v_width), ("text", t_width)):
+      if width < 64:
+        raise CheckpointError(f"{source}: cannot infer the CLIP config: {tower} width {width} is "
+                              "below the 64 of one OpenAI attention head")
+    v_blocks, t_blocks = "visual.transformer.resblocks.", "transformer.resblocks."
+    vocab = shapes["token_embedding.weight"][0]
+    return cls(
+        vision=VisionConfig(
+            hidden_size=v_width, intermediate_size=mlp_width(v_blocks, v_width),
+            num_layers=layers(v_blocks), num_heads=v_width // 64, image_size=patch * grid,
+            patch_size=patch, activation="quick_gelu", layer_norm_eps=1e-5),
+        text=TextConfig(
+            vocab_size=vocab, hidden_size=t_width, intermediate_size=mlp_width(t_blocks, t_width),
+            num_layers=layers(t_blocks), num_heads=t_width // 64,
+            max_length=shapes["positional_embedding"][0], activation="quick_gelu",
+            layer_norm_eps=1e-5, eos_token_id=vocab - 1, pooling="argmax"),
+        projection_dim=shapes["text_projection"][1])._validated(source)
 
   def _validated(self, source):
     for tower, cfg in (("vision", self.vision), ("text", self.text)):
@@ -489,6 +563,8 @@ def _open_clip_to_hf(state_dict):
     name = name.removeprefix("module.")  # DistributedDataParallel training checkpoints
     if name == "attn_mask":  # the text tower's causal mask buffer
       continue
+    if name in _OPENAI_SCALARS and np.ndim(array) == 0:
+      continue  # 0-d sizes in OpenAI's TorchScript archives; build_model drops them too
     tower, rest = (("vision_model", name[len("visual."):]) if name.startswith("visual.")
                    else ("text_model", name))
     head, _, leaf = rest.partition(".")
@@ -519,6 +595,7 @@ def _open_clip_to_hf(state_dict):
   return out
 
 
+_OPENAI_SCALARS = ("input_resolution", "context_length", "vocab_size")
 _OPEN_CLIP_EMBEDDINGS = {"conv1.weight": "embeddings.patch_embedding.weight",
                          "class_embedding": "embeddings.class_embedding",
                          "positional_embedding": "embeddings.position_embedding.weight",
@@ -536,12 +613,15 @@ def _layer_counts(names, tower):
 
 
 def convert_state_dict(state_dict, config=Config(), source="state dict"):
-  """Maps a CLIP state dict (Hugging Face ``CLIPModel`` or OpenCLIP names) to :class:`CLIP` params.
+  """Maps a CLIP state dict (Hugging Face ``CLIPModel`` or OpenCLIP/OpenAI names) to :class:`CLIP`
+  params.
 
   Linear weights are transposed, the patch convolution goes from OIHW to HWIO, every tensor becomes
-  float32 and the ``position_ids`` buffers of older checkpoints are dropped. Every parameter that
-  ``config`` implies must be present with its shape, and no tensor may be left over; otherwise
-  :class:`CheckpointError` says what differs (layer counts first, then shapes, then names).
+  float32 (exactly, from OpenAI's float16) and the ``position_ids`` buffers of older checkpoints,
+  the ``attn_mask`` buffer of OpenCLIP and the 0-d ``input_resolution``, ``context_length`` and
+  ``vocab_size`` of OpenAI's archives are dropped. Every parameter that ``config`` implies must be
+  present with its shape, and no tensor may be left over; otherwise :class:`CheckpointError` says
+  what differs (layer counts first, then shapes, then names).
   """
   if any(name.removeprefix("module.").startswith("visual.") for name in state_dict):
     state_dict = _open_clip_to_hf(state_dict)
@@ -598,7 +678,7 @@ def read_tensors(path):
   safetensors = _require("safetensors", "safetensors")
   safetensors_numpy = _require("safetensors.numpy", "safetensors")
   # ml_dtypes (a JAX dependency) registers bfloat16 with NumPy; BF16 tensors need it.
-  import ml_dtypes  # noqa: F401  pylint: disable=g-import-not-at-top,unused-import
+  importlib.import_module("ml_dtypes")
   try:
     return dict(safetensors_numpy.load_file(path))
   except (safetensors.SafetensorError, OSError, ValueError, TypeError) as e:
@@ -622,41 +702,70 @@ def _find(folder, names, what):
   raise CheckpointError(f"{folder}: no {what}; expected one of {', '.join(names)}")
 
 
-def load(path=None, *, config=None, tokenizer=None):
-  """Loads a CLIP checkpoint: Hugging Face (``model.safetensors`` / ``pytorch_model.bin`` +
-  ``config.json``) or OpenCLIP (``open_clip_model.safetensors`` / ``open_clip_pytorch_model.bin`` +
-  ``open_clip_config.json``).
+def load(path=None, *, name=None, config=None, tokenizer=None, check_hash=True, progress=True):
+  """Loads a CLIP checkpoint: OpenAI's (a registered TorchScript ``.pt``, downloaded by name),
+  Hugging Face (``model.safetensors`` / ``pytorch_model.bin`` + ``config.json``) or OpenCLIP
+  (``open_clip_model.safetensors`` / ``open_clip_pytorch_model.bin`` + ``open_clip_config.json``).
 
   Args:
-    path: a checkpoint folder (the files above, and ``tokenizer.json`` for text) or a weights file;
-      its config is looked for beside it. ``None`` will use the registry's
-      ``openai-clip-vit-base-patch32`` once it is registered.
-    config: overrides the config file: a path to one, its parsed dict (Hugging Face or OpenCLIP
+    path: a checkpoint folder (the files above, and ``tokenizer.json`` for text) or a weights file
+      (its config and ``tokenizer.json`` are looked for beside it; a TorchScript archive such as
+      OpenAI's ``ViT-B-32.pt`` needs no config). ``None`` uses the registered checkpoint ``name``
+      from the cache (``$JAXMETRICS_CACHE``, default ``~/.cache/jaxmetrics``), downloading it and
+      checking its size and sha256 on first use.
+    name: a registered CLIP checkpoint, one of :data:`MODELS`: ``"openai-clip-vit-b-32"``
+      (:data:`DEFAULT` when ``path`` is ``None``), ``"openai-clip-vit-b-16"`` or
+      ``"openai-clip-vit-l-14"``. With a ``path`` to a file, that file is a local copy of it and its
+      sha256 is checked (unless ``check_hash=False``).
+    config: overrides the config file, or the config inferred from an OpenAI archive
+      (:meth:`Config.from_openai`): a path to one, its parsed dict (Hugging Face or OpenCLIP
       format) or a :class:`Config`.
     tokenizer: overrides ``tokenizer.json`` beside the weights: a path or a
-      ``tokenizers.Tokenizer``. Without one, :func:`text_embeddings` accepts token ids only.
+      ``tokenizers.Tokenizer``. OpenAI's archives carry none: without one, :func:`text_embeddings`
+      accepts token ids only. Every OpenAI CLIP uses the same BPE vocabulary, so the
+      ``tokenizer.json`` of Hugging Face's ``openai/clip-vit-base-patch32`` serves all three.
+    check_hash: verify the registered file's sha256 (an error if it differs): a file already in
+      the cache is hashed again on each load (a download is checked while it streams), and a local
+      ``path`` given with ``name`` is checked against that entry. Pass ``False`` for custom weights
+      in a registered model's place. Files loaded by ``path`` alone are never checked.
+    progress: show a progress bar while downloading.
 
   Returns:
     A :class:`Model`. Parameters are NumPy float32 arrays; place them with ``jax.device_put``.
 
   Raises:
     CheckpointError: a file is missing or unreadable, or the config and the tensors disagree.
+    WeightsError: a registered checkpoint cannot be downloaded, or its size or sha256 differs.
+    InputError: ``name`` is not a registered CLIP checkpoint, or is given with a folder.
   """
+  if name is not None and name not in MODELS:
+    raise InputError(f"name: expected a registered CLIP checkpoint ({', '.join(MODELS)}), got "
+                     f"{name!r}")
   if path is None:
-    # The manifest holds single files; a CLIP checkpoint is three (see weights/README.md).
-    raise WeightsError(f"no CLIP checkpoint is registered yet ({DEFAULT!r}); download a Hugging "
-                       "Face CLIP folder (model.safetensors, config.json, tokenizer.json, e.g. "
-                       "openai/clip-vit-base-patch32) and pass its path")
-  path = pathlib.Path(path).expanduser()
-  if path.is_dir():
-    folder, weights_file = path, _find(path, WEIGHT_FILES, "CLIP weights file")
-  elif path.is_file():
-    folder, weights_file = path.parent, path
+    name = name or DEFAULT
+    # A download is hashed while it streams; a file found in the cache is hashed here.
+    reused = weights.cached_path(name).is_file()
+    folder, weights_file = None, weights.fetch(name, progress=progress)
+    if check_hash and reused:
+      weights.verify(name)
   else:
-    raise CheckpointError(f"{path}: no such file or folder; expected a CLIP checkpoint")
+    path = pathlib.Path(path).expanduser()
+    if path.is_dir():
+      if name is not None:
+        raise InputError(f"name: {name!r} is one file, but path {path} is a folder; pass the "
+                         "file's path (or no path to use the cache)")
+      folder, weights_file = path, _find(path, WEIGHT_FILES, "CLIP weights file")
+    elif path.is_file():
+      folder, weights_file = path.parent, path
+      if name is not None:
+        weights.fetch(name, path, check_hash=check_hash)
+    else:
+      raise CheckpointError(f"{path}: no such file or folder; expected a CLIP checkpoint")
   state_dict = read_tensors(weights_file)
-  open_clip = any(k.removeprefix("module.").startswith("visual.") for k in state_dict)
-  if config is None:
+  if config is None and (path is None or torch_checkpoint.is_torchscript(weights_file)):
+    config = Config.from_openai(state_dict, source=str(weights_file))
+  elif config is None:
+    open_clip = any(k.removeprefix("module.").startswith("visual.") for k in state_dict)
     names = ("open_clip_config.json",) if open_clip else ("config.json",)
     config = _find(folder, names, "CLIP config beside the weights")
   source = str(config) if isinstance(config, (str, pathlib.Path)) else "config"
@@ -669,7 +778,7 @@ def load(path=None, *, config=None, tokenizer=None):
     raise InputError(f"config: expected a path, a dict or a jaxmetrics.clip.Config, got "
                      f"{type(config).__name__}")
   params = convert_state_dict(state_dict, config, source=str(weights_file))
-  if tokenizer is None and (folder / TOKENIZER_FILE).is_file():
+  if tokenizer is None and folder is not None and (folder / TOKENIZER_FILE).is_file():
     tokenizer = folder / TOKENIZER_FILE
   if isinstance(tokenizer, (str, pathlib.Path)):
     tokenizer = load_tokenizer(tokenizer, length=config.text.max_length)
@@ -899,8 +1008,10 @@ def text_embeddings(model, texts, *, batch_size=None, precision="highest"):
   config = model.config.text
   if isinstance(texts, (list, tuple, str)):
     if model.tokenizer is None:
-      raise InputError("texts: this model has no tokenizer (no tokenizer.json beside the weights); "
-                       "pass tokenizer= to jaxmetrics.clip.load or token ids")
+      raise InputError("texts: this model has no tokenizer (OpenAI's .pt archives carry none, and "
+                       "no tokenizer.json was beside the weights); pass jaxmetrics.clip.load(..., "
+                       "tokenizer='tokenizer.json') (Hugging Face's openai/clip-vit-base-patch32 "
+                       "has the one every OpenAI CLIP uses), or pass integer token ids")
     tokens = tokenize(model.tokenizer, texts, length=config.max_length)
   else:
     tokens = np.asarray(texts)

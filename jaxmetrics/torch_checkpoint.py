@@ -1,6 +1,7 @@
 """Reads PyTorch checkpoints (``.pth``) into NumPy arrays, without torch and without running code.
 
-Host-only: file I/O. Both on-disk formats of ``torch.save`` are read:
+Host-only: file I/O. Both on-disk formats of ``torch.save``, and ``torch.jit.save`` archives, are
+read:
 
 * **zip** (the default since PyTorch 1.6): ``<prefix>/data.pkl`` holds the pickled object tree,
   ``<prefix>/data/<key>`` the raw bytes of each storage and ``<prefix>/byteorder`` their byte
@@ -10,12 +11,23 @@ Host-only: file I/O. Both on-disk formats of ``torch.save`` are read:
   ``0x1950a86a20f9469cfc6c``, the protocol version 1001, a sys-info dict, the object tree, the
   list of storage keys -- then, per key in that order, an int64 element count and the storage's
   little-endian bytes.
+* **TorchScript** (``torch.jit.save``; OpenAI's CLIP ``ViT-B-32.pt``): the zip layout above plus
+  ``<prefix>/code/`` and ``<prefix>/constants.pkl``. ``data.pkl`` pickles the module tree: one
+  object per module, of a class named ``__torch__.<module path>.<Name>``, whose state (set by the
+  BUILD opcode) is a dict of every attribute -- submodules, parameters, buffers, plain tensors and
+  values such as ``training`` -- in the class's slot order. Which attributes are parameters and
+  buffers is not in the pickle: the class declaration in ``code/__torch__/<module path>.py``
+  lists them (``__parameters__ = [...]``, ``__buffers__ = [...]``). ``constants.pkl`` holds the
+  tensors the traced code inlines (e.g. an attention mask); they are not part of the state dict.
 
 A ``.pth`` is a pickle, and unpickling it with :mod:`pickle` runs whatever callables it names. Here
 the unpickler resolves only the globals a state dict needs (``_ALLOWED_GLOBALS``), each to a NumPy
 implementation that checks its arguments; any other global raises :class:`CheckpointError` before
-anything is called. Every size read from the file is checked against the bytes actually present
-before memory is allocated for it.
+anything is called. In a TorchScript archive a ``__torch__.*`` class resolves to an inert record of
+its attributes (no code from ``code/`` is run: its class declarations are only read as text), and
+the few ``torch.jit._pickle`` helpers that tag typed lists and dicts return their argument. Every
+size read from the file is checked against the bytes actually present before memory is allocated
+for it.
 
 Example::
 
@@ -24,10 +36,12 @@ Example::
   params["fc.weight"].shape   # (1008, 2048), float32
 """
 
+import ast
 import collections
 import io
 import os
 import pickle
+import re
 import struct
 import zipfile
 
@@ -35,7 +49,7 @@ import numpy as np
 
 from jaxmetrics._errors import CheckpointError
 
-__all__ = ["STATE_DICT_KEYS", "load", "load_state_dict"]
+__all__ = ["STATE_DICT_KEYS", "is_torchscript", "load", "load_state_dict"]
 
 STATE_DICT_KEYS = ("state_dict", "model_state_dict", "model", "params")
 """Keys under which :func:`load_state_dict` looks for the state dict when the root holds no tensor."""
@@ -308,19 +322,197 @@ def _globals_table():
 _ALLOWED_GLOBALS = _globals_table()
 
 
-def _find_global(module, name):
-  """Resolves a pickled global, or refuses it without importing or calling anything."""
+def _same(value):
+  return value
+
+
+def _untagged(value, type_tag):
+  if not isinstance(type_tag, str):
+    raise _Invalid(f"restore_type_tag needs a type string, found {_describe(type_tag)}")
+  return value
+
+
+# torch.jit._pickle: TorchScript tags typed lists and dicts with these; each returns its argument.
+_SCRIPT_GLOBALS = {
+    ("torch.jit._pickle", name): _Global(f"torch.jit._pickle.{name}", fn, n, n)
+    for name, fn, n in (("build_intlist", _same, 1), ("build_doublelist", _same, 1),
+                        ("build_boollist", _same, 1), ("build_tensorlist", _same, 1),
+                        ("restore_type_tag", _untagged, 2))
+}
+_SCRIPT_MODULE = "__torch__"
+
+
+def _find_global(module, name, script=None):
+  """Resolves a pickled global, or refuses it without importing or calling anything.
+
+  ``script`` (a :class:`_ScriptClasses`) is given for the ``data.pkl`` of a TorchScript archive;
+  only then are ``__torch__.*`` classes and the ``torch.jit._pickle`` helpers allowed.
+  """
   found = _ALLOWED_GLOBALS.get((module, name))
   if found is not None:
     return found
+  if script is not None:
+    if module == _SCRIPT_MODULE or module.startswith(_SCRIPT_MODULE + "."):
+      return script.get(module, name)
+    if (module, name) in _SCRIPT_GLOBALS:
+      return _SCRIPT_GLOBALS[module, name]
   qualname = _printable(f"{module}.{name}")
   if module in _STORAGE_MODULES and name in _UNSUPPORTED_STORAGES:
     raise _Invalid(f"unsupported storage type {qualname}: quantized tensors have no NumPy form")
   if module == "torch" and name in _UNSUPPORTED_DTYPES:
     raise _Invalid(f"unsupported dtype {qualname}: expected a dtype with a NumPy equivalent")
+  if script is not None:
+    raise _Invalid(f"forbidden global {qualname} in the TorchScript pickle (not executed): "
+                   "expected only __torch__.* classes, OrderedDict, torch tensor rebuilders, "
+                   "storage types, dtypes and torch.jit._pickle type tags, so the archive holds "
+                   "more than modules and tensors, or it is malicious")
   raise _Invalid(f"forbidden global {qualname} in the pickle (not executed): expected only "
                  "OrderedDict, torch tensor/parameter rebuilders, storage types and dtypes, "
                  "so this is not a plain state dict, or it is malicious")
+
+
+class _ScriptObject(_Inert):
+  """An object of a TorchScript class: the attributes its state holds, and nothing callable.
+
+  :class:`_ScriptClasses` makes one subclass per ``__torch__.*`` name, because the NEWOBJ opcode
+  needs a type. Construction takes no arguments and the state can be set once, to a dict.
+  """
+
+  __slots__ = ("attributes",)
+  qualified_name = _SCRIPT_MODULE
+
+  def __new__(cls, *args):
+    if args:
+      raise _Invalid(f"{cls.qualified_name} is constructed with {len(args)} arguments: expected "
+                     "none, as torch.jit.save writes")
+    obj = super().__new__(cls)
+    obj.attributes = None
+    return obj
+
+  def __setstate__(self, state):
+    if self.attributes is not None:
+      raise _Invalid(f"the pickle sets the state of a {self.qualified_name} object twice")
+    if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
+      raise _Invalid(f"the state of a {self.qualified_name} object must be a dict of attributes, "
+                     f"found {_describe(state)}")
+    self.attributes = state
+
+  def __repr__(self):
+    return f"<{self.qualified_name} object>"
+
+
+_SCRIPT_CLASS = re.compile(r"^class (\w+)(?:\((.*)\))?:[ \t]*$", re.M)
+_SCRIPT_NAMES = re.compile(r"^  (__parameters__|__buffers__) = (\[.*\])[ \t]*$", re.M)
+
+
+class _ScriptClasses:
+  """The ``__torch__.*`` classes of one archive, and their declarations in ``code/``.
+
+  Args:
+    read_code: ``read_code(entry) -> str or None`` reads ``<prefix>/code/<entry>`` as text.
+  """
+
+  def __init__(self, read_code):
+    self._read_code = read_code
+    self._types = {}
+    self._files = {}
+
+  def get(self, module, name):
+    """The stand-in type for the global ``module.name``."""
+    qualname = f"{module}.{name}"
+    if not all(part.isidentifier() for part in qualname.split(".")):
+      raise _Invalid(f"malformed TorchScript class name {_printable(qualname)}: expected dotted "
+                     "identifiers")
+    cls = self._types.get(qualname)
+    if cls is None:
+      cls = self._types[qualname] = type(name, (_ScriptObject,),
+                                         {"__slots__": (), "qualified_name": qualname})
+    return cls
+
+  def declaration(self, cls):
+    """``(is_module, parameters, buffers)`` from the class's declaration in ``code/``."""
+    module, _, name = cls.qualified_name.rpartition(".")
+    entry = module.replace(".", "/") + ".py"
+    if entry not in self._files:
+      text = self._read_code(entry)
+      self._files[entry] = {} if text is None else _parse_declarations(text, entry)
+    found = self._files[entry].get(name)
+    if found is None:
+      raise _Invalid(f"class {cls.qualified_name} is not declared in code/{entry}: expected the "
+                     "code/ folder torch.jit.save writes beside data.pkl")
+    return found
+
+
+def _parse_declarations(text, entry):
+  """``{class name: (is_module, parameters, buffers)}`` of one ``code/`` file, read as text.
+
+  TorchScript prints each class at column 0 (``class Linear(Module):``) and, for modules, the
+  lists ``__parameters__ = ["weight", "bias", ]`` and ``__buffers__ = [...]`` indented by two
+  spaces right below. The lists are parsed with :func:`ast.literal_eval`, which evaluates nothing.
+  """
+  classes = list(_SCRIPT_CLASS.finditer(text))
+  out = {}
+  for i, match in enumerate(classes):
+    body = text[match.end():classes[i + 1].start() if i + 1 < len(classes) else len(text)]
+    lists = {"__parameters__": (), "__buffers__": ()}
+    for line in _SCRIPT_NAMES.finditer(body):
+      try:
+        names = ast.literal_eval(line.group(2))
+      except (ValueError, SyntaxError, MemoryError, RecursionError):
+        names = None
+      if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+        raise _Invalid(f"code/{entry}: class {match.group(1)} declares {line.group(1)} as "
+                       f"{_printable(line.group(2), 80)}, expected a list of names")
+      lists[line.group(1)] = tuple(names)
+    out[match.group(1)] = (match.group(2) == "Module", lists["__parameters__"],
+                           lists["__buffers__"])
+  return out
+
+
+_MAX_MODULE_DEPTH = 256
+_MAX_CODE_BYTES = 64 << 20
+
+
+def _script_state_dict(root, classes):
+  """The flat state dict of a TorchScript module tree, as ``torch.jit.load(f).state_dict()``.
+
+  Per module: its parameters, then its buffers (each in slot order, ``None`` skipped), then each
+  submodule's entries under ``<attribute>.``. A tensor reachable under two names (tied weights,
+  a shared submodule) is listed under both, as torch does.
+  """
+  if not isinstance(root, _ScriptObject):
+    raise _Invalid(f"the TorchScript data.pkl holds {_describe(root)}, expected a __torch__ module")
+  out = collections.OrderedDict()
+  active = set()
+
+  def visit(obj, prefix):
+    if obj.attributes is None:
+      raise _Invalid(f"module {prefix.rstrip('.') or '(root)'} of class {obj.qualified_name} has "
+                     "no state in the pickle")
+    if id(obj) in active or len(active) >= _MAX_MODULE_DEPTH:
+      raise _Invalid(f"module {prefix.rstrip('.')} contains itself or nests more than "
+                     f"{_MAX_MODULE_DEPTH} deep: expected a module tree")
+    is_module, parameters, buffers = classes.declaration(type(obj))
+    if not is_module:
+      raise _Invalid(f"{prefix.rstrip('.') or 'the root'} is a {obj.qualified_name}, which is not "
+                     "declared as a Module in code/")
+    active.add(id(obj))
+    attributes = obj.attributes
+    for group in (set(parameters), set(buffers)):
+      for name, value in attributes.items():
+        if name not in group or value is None:
+          continue
+        if not isinstance(value, np.ndarray):
+          raise _Invalid(f"{prefix}{name} is declared a parameter or buffer of "
+                         f"{obj.qualified_name} but holds {_describe(value)}")
+        out[prefix + name] = value
+    for name, value in attributes.items():
+      if isinstance(value, _ScriptObject) and classes.declaration(type(value))[0]:
+        visit(value, f"{prefix}{name}.")
+    active.discard(id(obj))
+
+  visit(root, "")
+  return out
 
 
 class _Storages:
@@ -388,12 +580,13 @@ class _Storages:
 class _Unpickler(pickle.Unpickler):
   """Unpickler that resolves only allowed globals and reads storages through ``storages``."""
 
-  def __init__(self, file, storages=None):
+  def __init__(self, file, storages=None, script=None):
     super().__init__(file)
     self._storages = storages
+    self._script = script
 
   def find_class(self, module, name):
-    return _find_global(module, name)
+    return _find_global(module, name, self._script)
 
   def persistent_load(self, pid):
     if self._storages is None:
@@ -401,10 +594,10 @@ class _Unpickler(pickle.Unpickler):
     return self._storages.persistent_load(pid)
 
 
-def _unpickle(file, what, storages=None):
+def _unpickle(file, what, storages=None, script=None):
   """Loads one pickle from ``file``; failures become one-line :class:`_Invalid` naming ``what``."""
   try:
-    return _Unpickler(file, storages).load()
+    return _Unpickler(file, storages, script).load()
   except _Invalid:
     raise
   except Exception as err:  # noqa: BLE001 -- untrusted bytes can fail in any way; all mean "unreadable"
@@ -488,8 +681,6 @@ def _load_zip(f, size):
       raise _Invalid(f"not a PyTorch checkpoint: expected a zip archive with one <prefix>/data.pkl "
                      f"(torch.save), found {len(names)} entries ({listed})")
     prefix = found[0][:-len("data.pkl")]
-    if f"{prefix}constants.pkl" in names:
-      raise _Invalid("a TorchScript archive (torch.jit.save): expected a torch.save checkpoint")
     byteorder = "little"
     if f"{prefix}byteorder" in names:
       byteorder = _read_record(f, archive, f"{prefix}byteorder", size).tobytes().decode("latin-1")
@@ -500,7 +691,33 @@ def _load_zip(f, size):
     def read(key, nbytes):
       return _read_record(f, archive, f"{prefix}data/{key}", size, nbytes)
 
-    return _unpickle(io.BytesIO(data), f"{found[0]} pickle", _Storages(read, byteorder))
+    storages = _Storages(read, byteorder)
+    if f"{prefix}constants.pkl" not in names:
+      return _unpickle(io.BytesIO(data), f"{found[0]} pickle", storages)
+
+    def read_code(entry):
+      name = f"{prefix}code/{entry}"
+      if name not in names:
+        return None
+      # torch.jit.save deflates code/ (unlike data/); read at most _MAX_CODE_BYTES of it.
+      try:
+        with archive.open(name) as member:
+          text = member.read(_MAX_CODE_BYTES + 1)
+      except Exception as err:  # noqa: BLE001 -- zipfile/zlib raise several types for bad data
+        raise _Invalid(f"entry {_printable(name)} cannot be read ({type(err).__name__}: "
+                       f"{_one_line(err)}): expected TorchScript code") from err
+      if len(text) > _MAX_CODE_BYTES:
+        raise _Invalid(f"entry {_printable(name)} holds more than {_MAX_CODE_BYTES} bytes: "
+                       "expected TorchScript code")
+      try:
+        return text.decode("utf-8")
+      except UnicodeDecodeError:
+        raise _Invalid(f"entry {_printable(name)} is not UTF-8 text: expected TorchScript "
+                       "code") from None
+
+    classes = _ScriptClasses(read_code)
+    root = _unpickle(io.BytesIO(data), f"{found[0]} pickle", storages, classes)
+    return _script_state_dict(root, classes)
 
 
 def _read_record(f, archive, name, size, nbytes=None):
@@ -542,22 +759,27 @@ def _read_exactly(f, nbytes):
 
 
 def load(path):
-  """Reads a ``torch.save`` file (zip or legacy format) without torch and without running code.
+  """Reads a ``torch.save`` file (zip or legacy format) or a ``torch.jit.save`` archive without
+  torch and without running code.
 
   Args:
-    path: a ``.pth``/``.pt`` file written by ``torch.save``.
+    path: a ``.pth``/``.pt`` file written by ``torch.save`` or ``torch.jit.save``.
 
   Returns:
-    The pickled object tree (dicts, ``OrderedDict``, lists, tuples, numbers, strings) with every
-    tensor and ``nn.Parameter`` as a ``numpy.ndarray`` of the tensor's shape, strides and dtype,
-    except bfloat16, which comes out as float32 (exactly: NumPy has no bfloat16). Arrays are
-    writable views of one buffer per storage, so tensors that shared a storage in torch share
-    memory here too. A torch dtype stored as a value comes out as its name, e.g. ``"torch.int64"``.
+    For ``torch.save``, the pickled object tree (dicts, ``OrderedDict``, lists, tuples, numbers,
+    strings) with every tensor and ``nn.Parameter`` as a ``numpy.ndarray`` of the tensor's shape,
+    strides and dtype, except bfloat16, which comes out as float32 (exactly: NumPy has no
+    bfloat16). Arrays are writable views of one buffer per storage, so tensors that shared a
+    storage in torch share memory here too. A torch dtype stored as a value comes out as its name,
+    e.g. ``"torch.int64"``. For a TorchScript archive, the module's state dict as an
+    ``OrderedDict`` of such arrays: the names, order and values of
+    ``torch.jit.load(path).state_dict()``.
 
   Raises:
     CheckpointError: the file is missing, empty, truncated, not a torch checkpoint, holds a dtype
       NumPy lacks (float8, quantized), or its pickle names a global other than OrderedDict, the
-      tensor/parameter rebuilders, storage types and dtypes (the global is never called).
+      tensor/parameter rebuilders, storage types and dtypes -- in a TorchScript archive also
+      ``__torch__.*`` classes and ``torch.jit._pickle`` type tags (the global is never called).
   """
   path = os.fspath(path)
   try:
@@ -593,9 +815,13 @@ def load(path):
 
 
 def load_state_dict(path):
-  """Reads the state dict of a ``torch.save`` file as a flat ``{name: numpy.ndarray}`` dict.
+  """Reads the state dict of a ``torch.save`` file or a TorchScript archive as a flat
+  ``{name: numpy.ndarray}`` dict.
 
-  The state dict is the root object if it is a dict holding at least one tensor, otherwise the
+  For a TorchScript archive (``torch.jit.save``, e.g. OpenAI's CLIP ``.pt`` files) it is the
+  module's state dict, equal to ``torch.jit.load(path).state_dict()``: parameters and buffers by
+  dotted name, in torch's order, a tied tensor under each of its names. For ``torch.save`` files
+  the state dict is the root object if it is a dict holding at least one tensor, otherwise the
   first value under :data:`STATE_DICT_KEYS` (``"state_dict"``, ``"model_state_dict"``, ``"model"``,
   ``"params"``) that is such a dict, as training scripts save ``{"state_dict": ..., "epoch": ...}``.
   Every tensor entry is kept in file order, ``num_batches_tracked`` (0-d int64) included; entries
@@ -622,6 +848,19 @@ def load_state_dict(path):
                               f"{_describe(name)}")
       arrays[name] = value
   return arrays
+
+
+def is_torchscript(path):
+  """Whether ``path`` is a TorchScript archive (``torch.jit.save``): a zip with one
+  ``<prefix>/data.pkl`` and a ``<prefix>/constants.pkl`` beside it. Reads only the zip directory;
+  ``False`` for anything else, unreadable files included."""
+  try:
+    with zipfile.ZipFile(os.fspath(path)) as archive:
+      names = set(archive.namelist())
+  except Exception:  # noqa: BLE001 -- not a readable zip: not an archive
+    return False
+  found = [n for n in names if n.endswith("/data.pkl") and n.count("/") == 1]
+  return len(found) == 1 and found[0][:-len("data.pkl")] + "constants.pkl" in names
 
 
 def _holds_tensor(value):

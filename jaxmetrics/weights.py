@@ -63,7 +63,8 @@ class Checkpoint:
     urls: download locations, tried in order.
     size: exact size in bytes.
     sha256: lowercase hex sha256 of the whole file.
-    format: storage format the model loader expects, e.g. ``"torch-legacy"``.
+    format: storage format the model loader expects: ``"torch-legacy"`` (a pre-zip
+      ``torch.save`` pickle) or ``"torchscript"`` (a ``torch.jit.save`` archive).
     license: licence of the weights, e.g. ``"Apache-2.0"``.
     provenance: one line on who made the file and from what.
   """

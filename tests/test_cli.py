@@ -123,6 +123,15 @@ def test_weights_path_command(tmp_path):
   assert result.returncode == 1 and "no such file" in result.stderr and len(result.stderr.splitlines()) == 1
 
 
+def test_weights_command_knows_the_clip_checkpoints(tmp_path):
+  result = _run("weights", "path", "openai-clip-vit-l-14", cache=tmp_path)
+  assert result.returncode == 0
+  assert result.stdout.strip() == str(tmp_path / "openai-clip-vit-l-14" / "ViT-L-14.pt")
+  result = _run("weights", "verify", "openai-clip-vit-b-32", cache=tmp_path)
+  assert result.returncode == 1 and len(result.stderr.splitlines()) == 1
+  assert "ViT-B-32.pt: no such file" in result.stderr and "openai-clip-vit-b-32" in result.stderr
+
+
 # ------------------------------------------------------------------------ metric commands (issue 5)
 
 

@@ -5,9 +5,12 @@ the official format: ``CLIPModel(config).save_pretrained(dir, safe_serialization
 ``model.safetensors`` + ``config.json`` a Hugging Face checkpoint folder holds, and a tiny
 byte-level BPE ``CLIPTokenizer`` writes its ``tokenizer.json`` beside them. Two configurations
 between them cover both activations (``quick_gelu``, ``gelu``), both end-of-text poolings
-(``eos_token_id`` and the legacy ``argmax``), two patch sizes and non-default head counts.
+(``eos_token_id`` and the legacy ``argmax``), two patch sizes and non-default head counts. OpenAI's
+own format is a float16 TorchScript archive of a module laid out as its ``clip/model.py``: a third
+configuration (64-wide heads, as OpenAI's) is saved that way and served to the registry download.
 """
 
+import dataclasses
 import json
 import shutil
 
@@ -20,6 +23,7 @@ import transformers
 from PIL import Image
 
 from jaxmetrics import clip
+from jaxmetrics import weights
 from jaxmetrics._errors import CheckpointError, InputError, WeightsError
 
 # Both sides run float32 through the same few layers in different summation orders; the bar is the
@@ -30,7 +34,8 @@ RTOL_EMBEDDINGS = 1e-4
 # 1/255/0.27 ≈ 0.015, so this bar also proves the resize exact.
 ATOL_PIXELS = 1e-6
 
-from tests._clip_fixtures import TEXTS, VARIANTS, make_checkpoint, tiny_tokenizer
+from tests._clip_fixtures import (TEXTS, VARIANTS, make_checkpoint, openai_module,
+                                  save_openai_archive, tiny_tokenizer, to_open_clip)
 from tests._inception_fixtures import test_images
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
@@ -146,43 +151,12 @@ def test_token_ids_and_strings_agree(checkpoint):
 # -------------------------------------------------------------------------------------- OpenCLIP
 
 
-def _to_open_clip(state_dict):
-  """Hugging Face CLIPModel names → OpenCLIP's (``open_clip.model.CLIP``), q/k/v re-stacked."""
-  rename = {"embeddings.patch_embedding.weight": "conv1.weight",
-            "embeddings.class_embedding": "class_embedding",
-            "embeddings.position_embedding.weight": "positional_embedding",
-            "embeddings.token_embedding.weight": "token_embedding.weight",
-            "pre_layrnorm": "ln_pre", "post_layernorm": "ln_post", "final_layer_norm": "ln_final",
-            "layer_norm1": "ln_1", "layer_norm2": "ln_2", "self_attn.out_proj": "attn.out_proj",
-            "mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj",
-            "encoder.layers": "transformer.resblocks"}
-  out = {"logit_scale": state_dict["logit_scale"],
-         "visual.proj": state_dict["visual_projection.weight"].T.contiguous(),
-         "text_projection": state_dict["text_projection.weight"].T.contiguous(),
-         "attn_mask": torch.full((4, 4), float("-inf")).triu(1)}
-  for name, tensor in state_dict.items():
-    tower = "visual." if name.startswith("vision_model.") else ""
-    if not name.startswith(("vision_model.", "text_model.")):
-      continue
-    rest = name.split(".", 1)[1]
-    if ".self_attn.q_proj." in rest:
-      k, v = (state_dict[name.replace(".q_proj.", f".{p}_proj.")] for p in "kv")
-      rest = rest.replace("self_attn.q_proj.", "attn.in_proj_")
-      tensor = torch.cat([tensor, k, v])
-    elif ".self_attn.k_proj." in rest or ".self_attn.v_proj." in rest:
-      continue
-    for old, new in rename.items():
-      rest = rest.replace(old, new)
-    out[tower + rest] = tensor
-  return out
-
-
 def test_open_clip_checkpoint_loads(tmp_path):
   torch_model, processor = make_checkpoint(tmp_path / "hf", "quick_gelu", seed=3)
   spec = VARIANTS["quick_gelu"]
   folder = tmp_path / "open_clip"
   folder.mkdir()
-  torch.save(_to_open_clip(torch_model.state_dict()), folder / "open_clip_pytorch_model.bin")
+  torch.save(to_open_clip(torch_model.state_dict()), folder / "open_clip_pytorch_model.bin")
   v, t = spec["vision"], spec["text"]
   (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": {
       "embed_dim": spec["projection_dim"], "quick_gelu": True,
@@ -201,6 +175,125 @@ def test_open_clip_checkpoint_loads(tmp_path):
                       _hf_image_features(ckpt, images)) <= RTOL_EMBEDDINGS
   assert _relative_l2(clip.text_embeddings(model, TEXTS),
                       _hf_text_features(ckpt, TEXTS)) <= RTOL_EMBEDDINGS
+
+
+# ----------------------------------------------------------------------- OpenAI TorchScript archive
+
+
+@pytest.fixture(scope="module")
+def openai_archive(tmp_path_factory):
+  """A random CLIP saved as OpenAI's ``.pt`` (traced, float16), and the same weights, rounded to
+  float16, in transformers' ``CLIPModel``."""
+  folder = tmp_path_factory.mktemp("clip-openai")
+  torch_model, processor = make_checkpoint(folder / "hf", "openai", seed=5)
+  with torch.no_grad():
+    for p in torch_model.parameters():
+      p.copy_(p.half().float())  # what the archive will hold
+  module = openai_module(torch_model)
+  (folder / "pt").mkdir()
+  path = save_openai_archive(module, folder / "pt" / "ViT-tiny.pt")
+  return {"path": path, "torch": torch_model, "processor": processor, "openai": module,
+          "tokenizer": folder / "hf" / "tokenizer.json", "config": folder / "hf" / "config.json"}
+
+
+def test_openai_archive_config_is_inferred_from_shapes(openai_archive):
+  model = clip.load(openai_archive["path"])
+  hf = clip.Config.from_hf(json.loads(openai_archive["config"].read_text()))
+  # OpenAI pools at argmax(tokens); on the end-of-text token (the largest id) both pick the same.
+  argmax = dataclasses.replace(hf.text, pooling="argmax")
+  assert model.config == dataclasses.replace(hf, text=argmax)
+  assert model.tokenizer is None
+  with pytest.raises(InputError) as info:
+    clip.text_embeddings(model, ["a cat"])
+  message = str(info.value)
+  assert "\n" not in message and "no tokenizer" in message and "tokenizer=" in message
+
+
+def test_openai_archive_matches_transformers(openai_archive):
+  ckpt = {**openai_archive,
+          "model": clip.load(openai_archive["path"], tokenizer=openai_archive["tokenizer"])}
+  images = test_images(7, 3, 45, 70)
+  hf_images, hf_texts = _hf_image_features(ckpt, images), _hf_text_features(ckpt, TEXTS)
+  tokens = clip.tokenize(ckpt["model"].tokenizer, TEXTS, length=16)
+  # The torch module the archive was traced from agrees with CLIPModel: the OpenAI layout of the
+  # fixture is right independently of jaxmetrics' own renaming.
+  pixels = ckpt["processor"](images=list(images), return_tensors="pt")["pixel_values"]
+  with torch.no_grad():
+    openai_images, openai_texts = ckpt["openai"](pixels, torch.from_numpy(tokens).long())
+  assert _relative_l2(openai_images.numpy(), hf_images) <= RTOL_EMBEDDINGS
+  assert _relative_l2(openai_texts.numpy(), hf_texts) <= RTOL_EMBEDDINGS
+  assert _relative_l2(clip.image_embeddings(ckpt["model"], images), hf_images) <= RTOL_EMBEDDINGS
+  assert _relative_l2(clip.text_embeddings(ckpt["model"], TEXTS), hf_texts) <= RTOL_EMBEDDINGS
+  np.testing.assert_array_equal(clip.text_embeddings(clip.load(openai_archive["path"]), tokens),
+                                clip.text_embeddings(ckpt["model"], TEXTS))
+
+
+@pytest.fixture
+def registered(openai_archive, tmp_path, monkeypatch):
+  """The archive served from a file:// URL under the registry entry of OpenAI's ViT-B/32, with
+  its real size and sha256, and an empty cache."""
+  served = tmp_path / "served" / "ViT-tiny.pt"
+  served.parent.mkdir()
+  shutil.copy(openai_archive["path"], served)
+  entry = dataclasses.replace(weights.get(clip.DEFAULT), urls=(served.as_uri(),),
+                              size=served.stat().st_size, sha256=weights.sha256_file(served))
+  entries = {**weights.registry(), clip.DEFAULT: entry}
+  monkeypatch.setattr(weights, "_registry", lambda: entries)
+  monkeypatch.setenv("JAXMETRICS_CACHE", str(tmp_path / "cache"))
+  return {"served": served, "entries": entries, "cache": tmp_path / "cache" / clip.DEFAULT}
+
+
+def test_default_load_downloads_verifies_and_caches(openai_archive, registered):
+  model = clip.load(progress=False)
+  cached = registered["cache"] / "ViT-B-32.pt"
+  assert [p.name for p in registered["cache"].iterdir()] == ["ViT-B-32.pt"]
+  assert cached.read_bytes() == registered["served"].read_bytes()
+  assert model.tokenizer is None
+  local = clip.load(openai_archive["path"])
+  assert model.config == local.config
+  jax.tree.map(np.testing.assert_array_equal, model.params, local.params)
+  registered["served"].unlink()  # the cached copy is used, and hashed again
+  clip.load(name=clip.DEFAULT, progress=False)
+  data = bytearray(cached.read_bytes())
+  data[100] ^= 0xFF
+  cached.write_bytes(bytes(data))
+  with pytest.raises(WeightsError) as info:
+    clip.load(progress=False)
+  message = str(info.value)
+  assert "\n" not in message and "sha256 is" in message and "force=True" in message
+
+
+def test_registry_refuses_a_download_with_the_wrong_sha256(registered):
+  entry = registered["entries"][clip.DEFAULT]
+  registered["entries"][clip.DEFAULT] = dataclasses.replace(entry, sha256="0" * 64)
+  with pytest.raises(WeightsError) as info:
+    clip.load(progress=False)
+  message = str(info.value)
+  assert "\n" not in message
+  assert f"sha256 is {entry.sha256}, expected {'0' * 64}" in message
+  assert list(registered["cache"].iterdir()) == []
+
+
+def test_local_copy_of_a_registered_checkpoint(openai_archive, registered, tmp_path):
+  path = openai_archive["path"]
+  assert clip.load(path, name=clip.DEFAULT).config.vision.hidden_size == 128
+  other = tmp_path / "tuned.pt"
+  other.write_bytes(path.read_bytes() + b"\0")  # a zip reads the same with a trailing byte
+  with pytest.raises(WeightsError, match="check_hash=False"):
+    clip.load(other, name=clip.DEFAULT)
+  assert clip.load(other, name=clip.DEFAULT, check_hash=False).config.text.num_layers == 2
+  with pytest.raises(InputError, match="expected a registered CLIP checkpoint"):
+    clip.load(path, name="openai-clip-rn50")
+  with pytest.raises(InputError, match="is a folder"):
+    clip.load(path.parent, name=clip.DEFAULT)
+  assert not registered["cache"].exists()
+
+
+def test_registered_clip_models():
+  for name in clip.MODELS:
+    entry = weights.get(name)
+    assert entry.format == "torchscript" and entry.license == "MIT"
+  assert clip.DEFAULT == clip.MODELS[0] == "openai-clip-vit-b-32"
 
 
 # ---------------------------------------------------------------------------------- preprocessing
@@ -336,8 +429,6 @@ def test_bad_files(checkpoint_files, tmp_path):
     clip.load(tmp_path)
   with pytest.raises(CheckpointError, match="no such file or folder"):
     clip.load(tmp_path / "absent")
-  with pytest.raises(WeightsError, match="no CLIP checkpoint is registered"):
-    clip.load()
   shutil.copy(checkpoint_files / "model.safetensors", tmp_path)
   with pytest.raises(CheckpointError, match="no CLIP config beside the weights"):
     clip.load(tmp_path)

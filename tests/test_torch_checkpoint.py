@@ -1,12 +1,15 @@
-"""Tests of the torch-free checkpoint reader against torch.save / torch.load themselves."""
+"""Tests of the torch-free checkpoint reader against torch.save / torch.load and torch.jit.save /
+torch.jit.load themselves."""
 
 import collections
+import copyreg
 import io
 import os
 import pickle
 import pickletools
 import subprocess
 import sys
+import types
 import zipfile
 
 import numpy as np
@@ -341,3 +344,202 @@ def test_reader_does_not_import_torch():
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
                           cwd=root, env=env)
   assert result.stdout.strip() == "False"
+
+
+# ------------------------------------------------------------------------- TorchScript archives
+
+
+class _Leaf(torch.nn.Module):
+
+  def __init__(self):
+    super().__init__()
+    self.lin = torch.nn.Linear(3, 4)
+    self.register_buffer("steps", torch.arange(5))
+    self.register_buffer("scratch", torch.zeros(2), persistent=False)  # TorchScript keeps it
+    self.register_parameter("unused", None)
+    self.plain = torch.ones(3)  # not a buffer: absent from the state dict
+
+  def forward(self, x):
+    return self.lin(x) + self.steps[:4].float() + self.scratch.sum() + self.plain.sum()
+
+
+class _Tree(torch.nn.Module):
+  """Nested submodules, parameters before buffers, a tied weight, a shared submodule, float16."""
+
+  sizes: list[int]
+  names: dict[str, int]
+
+  def __init__(self):
+    super().__init__()
+    self.first = _Leaf()
+    self.second = _Leaf()
+    self.second.lin.weight = self.first.lin.weight
+    self.alias = self.first
+    self.register_buffer("count", torch.tensor(3))
+    self.scale = torch.nn.Parameter(torch.randn(2, 2).half())
+    self.head = torch.nn.Sequential(torch.nn.Linear(4, 2), torch.nn.ReLU())
+    self.sizes = [1, 2]
+    self.names = {"a": 1}
+
+  def forward(self, x):
+    y = self.first(x) + self.second(x) + self.alias(x)
+    return self.head(y) + self.scale.float().sum() + self.count + self.sizes[0] + self.names["a"]
+
+
+def _script(module, how, path):
+  from tests._clip_fixtures import quiet_jit
+  with quiet_jit():
+    if how == "trace":
+      module = torch.jit.trace(module, torch.randn(2, 3), check_trace=False)
+    else:
+      module = torch.jit.script(module)
+    torch.jit.save(module, str(path))
+  return path
+
+
+def _jit_state_dict(path):
+  from tests._clip_fixtures import quiet_jit
+  with quiet_jit():
+    return torch.jit.load(str(path)).state_dict()
+
+
+def _assert_same_state_dict(arrays, expected):
+  assert list(arrays) == list(expected)
+  for name, tensor in expected.items():
+    assert arrays[name].dtype == tensor.numpy().dtype, name
+    assert arrays[name].shape == tuple(tensor.shape), name
+    assert np.array_equal(arrays[name], tensor.numpy()), name
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_torchscript_module_tree_matches_torch_jit_load(tmp_path, how):
+  torch.manual_seed(2)
+  path = _script(_Tree(), how, tmp_path / "tree.pt")
+  expected = _jit_state_dict(path)
+  assert "first.scratch" in expected and "first.plain" not in expected  # what torch does
+  arrays = torch_checkpoint.load_state_dict(path)
+  _assert_same_state_dict(arrays, expected)
+  assert arrays["second.lin.weight"] is arrays["first.lin.weight"]
+  assert arrays["alias.steps"] is arrays["first.steps"]
+  assert arrays["scale"].dtype == np.float16
+  assert torch_checkpoint.is_torchscript(path)
+
+
+@pytest.mark.parametrize("how", ["script", "trace"])
+def test_clip_shaped_archive_matches_torch_jit_load(tmp_path, how):
+  from tests._clip_fixtures import OPENAI_VARIANT, OpenAIClip, save_openai_archive
+  torch.manual_seed(3)
+  model = OpenAIClip(OPENAI_VARIANT, vocab_size=62).eval()
+  with torch.no_grad():
+    for p in model.parameters():
+      p.normal_()
+  path = save_openai_archive(model, tmp_path / "clip.pt", how)
+  expected = _jit_state_dict(path)
+  arrays = torch_checkpoint.load_state_dict(path)
+  _assert_same_state_dict(arrays, expected)
+  assert arrays["visual.transformer.resblocks.1.attn.in_proj_weight"].dtype == np.float16
+  assert arrays["input_resolution"].dtype == np.int64 and arrays["input_resolution"].shape == ()
+  if how == "trace":  # the attention mask became a constant, outside the state dict
+    with zipfile.ZipFile(path) as archive:
+      assert any("/constants/" in n for n in archive.namelist())
+
+
+def test_torch_save_files_are_not_torchscript(tmp_path):
+  assert not torch_checkpoint.is_torchscript(_save({"a": torch.ones(1)}, tmp_path / "z.pth", "zip"))
+  assert not torch_checkpoint.is_torchscript(tmp_path / "absent.pt")
+
+
+class _ScriptObject:
+  """Pickles as TorchScript pickles a module: GLOBAL __torch__ <name>, NEWOBJ (args), BUILD."""
+
+  def __init__(self, state, args=()):
+    self.state, self.args = state, args
+
+  def __reduce__(self):
+    return copyreg.__newobj__, (type(self), *self.args), self.state
+
+
+@pytest.fixture
+def script_class(monkeypatch):
+  """Makes classes the pickler names ``__torch__.<name>``, as torch.jit.save does."""
+  namespace = types.ModuleType("__torch__")
+  monkeypatch.setitem(sys.modules, "__torch__", namespace)
+
+  def make(name):
+    cls = type(name, (_ScriptObject,), {"__module__": "__torch__", "__qualname__": name})
+    setattr(namespace, name, cls)
+    return cls
+
+  return make
+
+
+_CODE = ('class M(Module):\n  __parameters__ = ["w", ]\n  __buffers__ = []\n  w : Tensor\n'
+         '  training : bool\n  sub : __torch__.M\n')
+
+
+def _write_script(path, root, code=_CODE, constants=True):
+  with zipfile.ZipFile(path, "w") as archive:
+    archive.writestr("archive/data.pkl", _dumps(root))
+    if constants:
+      archive.writestr("archive/constants.pkl", pickle.dumps((), protocol=2))
+    archive.writestr("archive/code/__torch__.py", code)
+    archive.writestr("archive/version", "3\n")
+    archive.writestr("archive/data/0", np.arange(4, dtype=np.float32).tobytes())
+  return path
+
+
+def _weight():
+  return _tensor_v2(_Storage(torch.FloatStorage, "0", "cpu", 4), 0, (2, 2), (2, 1))
+
+
+def test_crafted_torchscript_archive(tmp_path, script_class):
+  m = script_class("M")
+  root = m({"w": _weight(), "training": False, "sub": m({"w": _weight(), "training": False,
+                                                          "sub": None})})
+  arrays = torch_checkpoint.load_state_dict(_write_script(tmp_path / "m.pt", root))
+  assert list(arrays) == ["w", "sub.w"]
+  np.testing.assert_array_equal(arrays["sub.w"], np.arange(4, dtype=np.float32).reshape(2, 2))
+
+
+def test_torchscript_archive_with_a_forbidden_global_is_refused_and_not_run(tmp_path, script_class):
+  marker = tmp_path / "pwned"
+  root = script_class("M")({"w": _weight(), "sub": _Call(os.system, f"touch {marker}")})
+  path = _write_script(tmp_path / "evil.pt", root)
+  assert b"system" in path.read_bytes()
+  message = _error(path, "forbidden global")
+  assert "TorchScript" in message and ("posix.system" in message or "os.system" in message)
+  assert not marker.exists()
+
+
+def test_torch_classes_outside_an_archive_are_refused(tmp_path, script_class):
+  # Without constants.pkl this is a torch.save file, where __torch__ classes have no place.
+  root = script_class("M")({"w": _weight()})
+  _error(_write_script(tmp_path / "m.pth", root, constants=False), "forbidden global __torch__.M")
+
+
+@pytest.mark.parametrize("case, match", [
+    ("undeclared", "class __torch__.N is not declared in code/__torch__.py"),
+    ("not-a-tensor", "w is declared a parameter or buffer of __torch__.M but holds 'text'"),
+    ("arguments", "constructed with 1 arguments"),
+    ("state", "must be a dict of attributes"),
+    ("cycle", "contains itself"),
+    ("declaration", "declares __parameters__ as"),
+])
+def test_malformed_torchscript_archives(tmp_path, script_class, case, match):
+  m = script_class("M")
+  code = _CODE
+  if case == "undeclared":
+    root = script_class("N")({"w": _weight()})
+  elif case == "not-a-tensor":
+    root = m({"w": "text"})
+  elif case == "arguments":
+    root = m({"w": _weight()}, args=(1,))
+  elif case == "state":
+    root = m(["w"])
+  elif case == "cycle":
+    root = m({"w": _weight()})
+    root.state["sub"] = root
+  else:
+    root = m({"w": _weight()})
+    code = code.replace('["w", ]', '[__import__("os"), ]')
+  _error(_write_script(tmp_path / f"{case}.pt", root, code), match)

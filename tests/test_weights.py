@@ -21,6 +21,16 @@ PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 # From REFERENCE.md, not from the manifest, so that a typo in either shows up here.
 INCEPTION_SIZE = 95_628_359
 INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
+# OpenAI's CLIP archives: the sha256 is the one in openai/CLIP's download URL (clip.py _MODELS);
+# the sizes are those published beside these hashes (weights/README.md).
+CLIP = {
+    "openai-clip-vit-b-32": ("ViT-B-32.pt", 353_976_522,
+                             "40d365715913c9da98579312b702a82c18be219cc2a73407c4526f58eba950af"),
+    "openai-clip-vit-b-16": ("ViT-B-16.pt", 350_837_078,
+                             "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"),
+    "openai-clip-vit-l-14": ("ViT-L-14.pt", 932_768_134,
+                             "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"),
+}
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -117,6 +127,16 @@ def test_manifest_has_the_inception_entry():
       "weights-inception-2015-12-05-6726825d.pth",
   )
   assert weights.DEFAULT == "inception-2015-12-05"
+
+
+@pytest.mark.parametrize("name", sorted(CLIP))
+def test_manifest_has_the_openai_clip_entries(name, cache):
+  filename, size, sha256 = CLIP[name]
+  entry = weights.get(name)
+  assert (entry.filename, entry.size, entry.sha256) == (filename, size, sha256)
+  assert entry.format == "torchscript" and entry.license == "MIT" and entry.provenance
+  assert entry.urls == (f"https://openaipublic.azureedge.net/clip/models/{sha256}/{filename}",)
+  assert weights.cached_path(name) == cache / name / filename
 
 
 def test_unknown_name_lists_the_known_ones():
