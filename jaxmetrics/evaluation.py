@@ -85,11 +85,11 @@ class Evaluator:
   def __init__(self, *, weights=None, check_hash=True, params=None, resize="tf1",
                precision="highest", batch_size=None, num_samples=None, image_size=None, splits=10,
                cache=True, progress=True):
-    if params is not None:
-      self.weights_path, self.weights_sha256 = None, "params:" + _params_digest(params)
-    else:
-      self.weights_path, self.weights_sha256 = inception.weights_file(
-          weights, check_hash=check_hash, progress=progress)
+    # The weights are resolved (downloaded, hashed) when first needed, by a feature pass or a
+    # cache key: FID between two saved statistics files needs no network and works offline.
+    self._weights, self._check_hash = weights, check_hash
+    self.weights_path = None
+    self._sha256 = None if params is None else "params:" + _params_digest(params)
     self._params = params
     self.settings = dict(resize=resize, precision=precision, num_samples=num_samples,
                          image_size=None if image_size is None else list(image_size),
@@ -100,9 +100,23 @@ class Evaluator:
     self._saved = {}
 
   @property
+  def weights_sha256(self):
+    """sha256 of the weights file (``"params:<digest>"`` for given params); resolves it once."""
+    if self._sha256 is None:
+      self.weights_path, self._sha256 = inception.weights_file(
+          self._weights, check_hash=self._check_hash, progress=self._progress)
+    return self._sha256
+
+  @property
+  def weights_resolved(self):
+    """Whether a feature pass or cache lookup needed the weights (so far)."""
+    return self._sha256 is not None
+
+  @property
   def params(self):
     if self._params is None:
-      self._params = inception.load_weights_file(self.weights_path, self.weights_sha256)
+      sha256 = self.weights_sha256
+      self._params = inception.load_weights_file(self.weights_path, sha256)
     return self._params
 
   def check(self, source, *, need_features=False, need_inception_score=False):
@@ -131,13 +145,14 @@ class Evaluator:
   def statistics(self, source, *, need_features=False, need_inception_score=False):
     """The :class:`SourceStatistics` of ``source``, from a saved file, the cache or a pass."""
     name = _describe(source)
-    key = self._cache_key(source)
     saved = self.check(source, need_features=need_features,
                        need_inception_score=need_inception_score)
     if saved is not None:
       mu, sigma, _ = saved
       if not (need_features or need_inception_score):
         return SourceStatistics(name, None, mu, sigma)
+    key = self._cache_key(source)
+    if saved is not None:
       source = sources.open_source(source, key="arr_0")  # guided-diffusion's reference batch
     entry = self._cache_dir() / f"{key}.npz" if key else None
     if entry is not None and entry.is_file():
@@ -195,8 +210,10 @@ def evaluate(a, b=None, *, metrics=("fid",), params=None, weights=None, check_ha
 
   Returns:
     A dict: ``fid``; ``is_mean``/``is_std``; ``kid_mean``/``kid_std``, as asked, with the sample
-    counts ``n1`` (and ``n2``), the weights' sha256, the resize mode and, per source, whether the
-    statistics cache was used.
+    counts ``n1`` (and ``n2``; ``None`` for saved statistics), the weights' sha256 (``None`` when
+    every source was saved statistics, which needs no weights), the resize mode and, per source,
+    whether the statistics cache was used. FID is computed in float64 on the host CPU
+    (:func:`host_frechet_distance`) from statistics accumulated in float32 on the devices.
   """
   metrics = _check_metrics(metrics, two_sources=b is not None)
   evaluator = Evaluator(weights=weights, check_hash=check_hash, params=params, resize=resize,
@@ -209,8 +226,7 @@ def evaluate(a, b=None, *, metrics=("fid",), params=None, weights=None, check_ha
   for source, need in needs:  # fail on bad input before any feature pass
     evaluator.check(source, **need)
   first = evaluator.statistics(a, **needs[0][1])
-  results = {"n1": first.count, "weights_sha256": evaluator.weights_sha256, "resize": resize,
-             "cached": [first.cached]}
+  results = {"n1": first.count, "resize": resize, "cached": [first.cached]}
   if "is" in metrics:
     results["is_mean"], results["is_std"] = first.inception_score
   if b is not None:
@@ -219,12 +235,29 @@ def evaluate(a, b=None, *, metrics=("fid",), params=None, weights=None, check_ha
     results["cached"].append(second.cached)
     if "fid" in metrics:
       _warn_if_few(first, second)
-      results["fid"] = float(frechet_distance(first.mu, first.sigma, second.mu, second.sigma))
+      results["fid"] = host_frechet_distance(first.mu, first.sigma, second.mu, second.sigma)
     if "kid" in metrics:
       mean, std = _kid(first.features, second.features, subsets=kid_subsets,
                        subset_size=kid_subset_size)
       results["kid_mean"], results["kid_std"] = float(mean), float(std)
+  # None when every source was saved statistics: no weights were needed, none are reported.
+  results["weights_sha256"] = evaluator.weights_sha256 if evaluator.weights_resolved else None
   return results
+
+
+def host_frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
+  """:func:`jaxmetrics.frechet_distance` in float64 on the host CPU, as the PyTorch peers compute it.
+
+  The statistics are float64 host arrays here (accumulated in float32, which is accurate: 1.5e-7
+  relative in FID on the case below), and the kernel costs ~2 s at d = 2048, so nothing is gained
+  by running it in float32 on an accelerator, and float32 loses accuracy when a covariance's
+  eigenvalues span more than ~1/eps: Inception features with dead (constant) channels and N close
+  to d, measured in ``benchmarks/results/end_to_end.md``, give FID 575.97 in float32 for 561.64
+  (float64; the peers agree to 1.3e-6).
+  """
+  with jax.enable_x64(True), jax.default_device(jax.local_devices(backend="cpu")[0]):
+    return float(frechet_distance(np.asarray(mu1, np.float64), np.asarray(sigma1, np.float64),
+                                  np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)))
 
 
 def fid(a, b, **kwargs):
