@@ -255,7 +255,11 @@ def host_frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   to d, measured in ``benchmarks/results/end_to_end.md``, give FID 575.97 in float32 for 561.64
   (float64; the peers agree to 1.3e-6).
   """
-  with jax.enable_x64(True), jax.default_device(jax.local_devices(backend="cpu")[0]):
+  try:
+    device = jax.local_devices(backend="cpu")[0]
+  except RuntimeError:  # JAX_PLATFORMS without "cpu": the default device, still in float64
+    device = jax.local_devices()[0]
+  with jax.enable_x64(True), jax.default_device(device):
     return float(frechet_distance(np.asarray(mu1, np.float64), np.asarray(sigma1, np.float64),
                                   np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)))
 
