@@ -46,9 +46,6 @@ if "--threads" in sys.argv[:-1]:
                                " intra_op_parallelism_threads=1").strip()
 
 import argparse  # noqa: E402
-import datetime  # noqa: E402
-import importlib.metadata  # noqa: E402
-import platform  # noqa: E402
 import statistics as pystats  # noqa: E402
 import time  # noqa: E402
 import warnings  # noqa: E402
@@ -296,35 +293,12 @@ def stats_accuracy(n=50000, d=2048, batch=1000):
   }
 
 
-def machine():
-  model = "unknown"
-  try:
-    with open("/proc/cpuinfo") as f:
-      model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")),
-                   model)
-  except OSError:
-    pass
-  versions = {}
-  for package in ("jax", "jaxlib", "numpy", "scipy", "torch", "torch-fidelity"):
-    try:
-      versions[package] = importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-      versions[package] = None
-  return {"cpu": model, "cores": os.cpu_count(), "threads": torch.get_num_threads(),
-          "platform": platform.platform(),
-          "python": platform.python_version(), "jax_backend": jax.default_backend(),
-          "versions": versions,
-          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
-
-
 def markdown(result):
   m = result["machine"]
   lines = [
       "# Fréchet distance kernel: time and accuracy",
       "",
-      f"{m['date']} · {m['cpu']}, {m['cores']} cores, {m['threads']} thread(s) per library · "
-      f"JAX backend {m['jax_backend']} · "
-      + ", ".join(f"{k} {v}" for k, v in m["versions"].items() if v),
+      f"{_results.describe(m)} · {m['threads']} thread(s) per library",
       "",
       f"N = {result['samples_per_side']} Inception-like features per side (1/k spectrum), float64 "
       "statistics given to every route; error relative to a float64 SciPy eigh reference. Times "
@@ -390,7 +364,8 @@ def main():
   if args.threads:
     torch.set_num_threads(args.threads)
   tf_route = torch_fidelity_route()
-  result = {"machine": machine(), "samples_per_side": args.samples,
+  result = {"machine": _results.machine(threads=torch.get_num_threads()),
+            "samples_per_side": args.samples,
             "dims": [run_dim(d, args.samples, tf_route) for d in args.dims]}
   if args.accuracy_cases:
     result["accuracy_cases"] = accuracy_cases(tf_route)
