@@ -49,9 +49,9 @@ def _status():
   return fields
 
 
-def _stand_in_forward(params, images, resize="tf1", precision="highest"):
+def _stand_in_forward(params, images, *, resize="tf1", precision="highest", shards=1):
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  del params, resize, precision
+  del params, resize, precision, shards
   x = jnp.mean(images.astype(jnp.float32), axis=(1, 2)) / 255.0
   pool3 = jnp.tile(x, (1, 683))[:, :2048] * jnp.linspace(0.5, 1.5, 2048)
   logits = jnp.tile(x, (1, 336)) * 4.0
@@ -65,7 +65,7 @@ def _child(kind, n, data, params_path):
     params = inception.load_params(params_path, check_hash=False, cache=False, progress=False)
     batch = 32
   else:
-    inception._forward = _stand_in_forward
+    inception.forward = _stand_in_forward
     params, batch = {}, BATCH
   block = np.random.default_rng(0).integers(0, 256, (BATCH, SIDE, SIDE, 3), dtype=np.uint8)
 

@@ -253,7 +253,8 @@ def _step(state, params, batch, num_samples, *, mesh, resize, precision, keep):
   """One global batch: network, statistics and (replicated) outputs; ``num_samples`` 0: unknown."""
   stats, scores = state
   mask = batch["mask"]
-  out = inception._forward(params, batch["images"], resize=resize, precision=precision)
+  out = inception.forward(params, batch["images"], resize=resize, precision=precision,
+                          shards=mesh.size)
   stats = stats.update(out["pool3"], mask)
   # Round-robin over the rows in processing order: InceptionScoreState's default assignment,
   # written out so that one compiled step serves known and unknown lengths.

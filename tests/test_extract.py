@@ -164,9 +164,9 @@ def test_initialize_is_a_no_op_for_one_process(monkeypatch):
   assert mesh.axis_names == ("data",) and mesh.size == len(jax.devices())
 
 
-def _stand_in_forward(params, images, resize="tf1", precision="highest"):
+def _stand_in_forward(params, images, *, resize="tf1", precision="highest", shards=1):
   """A network-sized output at almost no cost: the memory test is about the host pipeline."""
-  del params, resize, precision
+  del params, resize, precision, shards
   x = jnp.mean(images.astype(jnp.float32), axis=(1, 2)) / 255.0
   pool3 = jnp.tile(x, (1, 683))[:, :inception.POOL3_DIM] * jnp.linspace(0.5, 1.5, inception.POOL3_DIM)
   logits = jnp.tile(x, (1, 336)) * 4.0
@@ -181,7 +181,7 @@ def test_host_memory_stays_flat_as_the_stream_grows(monkeypatch):
   measured 16–26 MB whatever the length, the spread depending on how far the producer thread runs
   ahead. One device: the pipeline, not the sharding, is what is measured, and it is 5× faster.
   """
-  monkeypatch.setattr(inception, "_forward", _stand_in_forward)
+  monkeypatch.setattr(inception, "forward", _stand_in_forward)
   block = np.random.default_rng(0).integers(0, 256, (256, 64, 64, 3), dtype=np.uint8)
   one_device = Mesh(np.array(jax.devices()[:1]), ("data",))
 
