@@ -17,8 +17,8 @@ torchmetrics need torchvision: on a machine without it their rows say "not measu
 
   python benchmarks/end_to_end.py [--n 50000] [--batch 64]
 
-The issue's figure is --n 50000 (50,000 vs 50,000 images); at ~9 images/s on a 2-core CPU that is
-about three hours per library, so CPU runs use a smaller --n and say so.
+The issue's figure is --n 50000 (50,000 vs 50,000 images); at 10-12 images/s on a 2-core CPU that
+is 2.3-2.8 hours per library, so CPU runs use a smaller --n and say so.
 
 Writes benchmarks/results/end_to_end.{json,md,png}.
 """
