@@ -70,21 +70,6 @@ class FrozenBatchNorm(nn.Module):
     return (x - mean) * (scale * jax.lax.rsqrt(var + self.eps)) + bias
 
 
-class BasicConv2d(nn.Module):
-  """conv (no bias) → BatchNorm(eps=1e-3) → ReLU, with torch-style explicit padding."""
-  features: int
-  kernel: tuple[int, int]
-  strides: tuple[int, int] = (1, 1)
-  padding: tuple[int, int] = (0, 0)
-  precision: Any = jax.lax.Precision.HIGHEST
-
-  @nn.compact
-  def __call__(self, x):
-    x = Conv2d(self.features, self.kernel, self.strides, self.padding, self.precision,
-               name="conv")(x)
-    return nn.relu(FrozenBatchNorm(name="bn")(x))
-
-
 class Conv2d(nn.Module):
   """Convolution without bias, NHWC with an HWIO ``kernel`` (``nn.Conv``'s parameter layout).
 
@@ -120,6 +105,20 @@ class Conv2d(nn.Module):
       return jnp.matmul(x, kernel[0, 0], precision=self.precision)
 
     return jax.lax.platform_dependent(x, kernel, cpu=product, default=convolution)
+
+
+class BasicConv2d(Conv2d):
+  """conv (no bias) → BatchNorm(eps=1e-3) → ReLU, with torch-style explicit padding.
+
+  The convolution's hyperparameters are :class:`Conv2d`'s fields; its kernel lives in the
+  submodule ``conv`` (``Mixed_5b/branch1x1/conv/kernel``), the BatchNorm in ``bn``.
+  """
+
+  @nn.compact
+  def __call__(self, x):
+    x = Conv2d(self.features, self.kernel, self.strides, self.padding, self.precision,
+               name="conv")(x)
+    return nn.relu(FrozenBatchNorm(name="bn")(x))
 
 
 def _avg_pool_3x3(x):
