@@ -127,7 +127,8 @@ def _weights_options(parser):
 
 def _pass_options(parser):
   parser.add_argument("--resize", choices=RESIZE_MODES, default="tf1",
-                      help="tf1: the TF reference (default); pytorch: pytorch-fid; clean: clean-fid")
+                      help="tf1: the TF reference (default); pytorch: pytorch-fid; clean: "
+                      "clean-fid; torchmetrics: torchmetrics' antialias=True default")
   parser.add_argument("--batch-size", type=_positive_int, metavar="N",
                       help="images per step over all devices (default 32 per device)")
   parser.add_argument("--image-size", type=_size, metavar="H,W",

@@ -197,7 +197,8 @@ def extract(source, params, *, batch_size=None, resize="tf1", precision="highest
       mesh; arrays already replicated there are used as they are).
     batch_size: global images per step, over all devices and processes; rounded up to a multiple
       of the number of devices. Default ``32 ×`` the number of devices.
-    resize: ``"tf1"`` (default), ``"pytorch"`` or ``"clean"``; see :mod:`jaxmetrics.resize`.
+    resize: ``"tf1"`` (default), ``"pytorch"``, ``"clean"`` or ``"torchmetrics"``; see
+      :mod:`jaxmetrics.resize`.
     precision: ``"highest"`` (default), ``"high"`` or ``"default"``; see
       :func:`jaxmetrics.inception.features`.
     num_samples: use only the first ``num_samples`` rows (an error if the source has fewer). For

@@ -427,8 +427,9 @@ def features(params, images, *, resize="tf1", precision="highest", batch_size=No
   Args:
     params: from :func:`load_params`.
     images: ``(N, H, W, 3)`` uint8 (0..255) or float ([0, 1], not quantised) images, any size.
-    resize: ``"tf1"`` (the TF reference; default), ``"pytorch"`` (pytorch-fid) or ``"clean"``
-      (clean-fid); see :mod:`jaxmetrics.resize`.
+    resize: ``"tf1"`` (the TF reference; default), ``"pytorch"`` (pytorch-fid), ``"clean"``
+      (clean-fid) or ``"torchmetrics"`` (its ``antialias=True`` default); see
+      :mod:`jaxmetrics.resize`.
     precision: ``"highest"`` (default; full float32), ``"high"`` or ``"default"`` (TF32 or
       bfloat16 passes on accelerators: faster, features move by ~1e-3).
     batch_size: evaluate in chunks of this many images, padding the last chunk, so any N

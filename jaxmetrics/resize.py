@@ -1,6 +1,6 @@
 """Resizing to the Inception input, on device, exactly as each reference implementation does it.
 
-Three modes decide how images of any size become the 299×299 input of the FID network, and they
+Four modes decide how images of any size become the 299×299 input of the FID network, and they
 change FID noticeably, so every number jaxmetrics prints names the mode it used:
 
 ``"tf1"`` (default)
@@ -17,8 +17,16 @@ change FID noticeably, so every number jaxmetrics prints names the mode it used:
   to [0, 255], then ``(x − 128) / 128``: clean-fid's "clean" mode. PIL's filter weights are
   computed on the host in float64 (they depend only on the sizes) and applied on device as two
   matrix products, in the order Pillow runs its two passes.
+``"torchmetrics"``
+  ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=True)`` on
+  0..255 values, then ``(x − 128) / 128``: torchmetrics' FID, KID and IS with their default
+  ``antialias=True`` (with ``antialias=False`` they resize as ``"tf1"``). When shrinking, the
+  triangle filter widens with the scale (Pillow's algorithm, which torch adopted); when enlarging it
+  is ``"pytorch"``'s interpolation to float32 round-off, normalised as the TF graph. Torch forms
+  the filter in float32; so do we, on the host, and apply it as two matrix products, horizontal pass
+  first as torch does.
 
-All three run inside ``jit`` on any backend; the interpolation tables are compile-time constants.
+All four run inside ``jit`` on any backend; the interpolation tables are compile-time constants.
 """
 
 import functools
@@ -30,7 +38,7 @@ import numpy as np
 
 from jaxmetrics._errors import InputError
 
-RESIZE_MODES = ("tf1", "pytorch", "clean")
+RESIZE_MODES = ("tf1", "pytorch", "clean", "torchmetrics")
 INCEPTION_SIZE = 299
 
 
@@ -40,7 +48,8 @@ def resize(images, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="tf1"):
   Args:
     images: float array of pixel values in [0, 255], channels last.
     size: ``(height, width)`` of the output.
-    mode: one of ``"tf1"``, ``"pytorch"``, ``"clean"`` (see the module docstring).
+    mode: one of ``"tf1"``, ``"pytorch"``, ``"clean"``, ``"torchmetrics"`` (see the module
+      docstring).
 
   Returns:
     A float32 array ``(N, size[0], size[1], C)``, normalised as the chosen reference does.
@@ -56,7 +65,12 @@ def resize(images, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="tf1"):
   if mode == "pytorch":
     x = _bilinear(images / 255.0, _half_pixel_taps(in_h, out_h), _half_pixel_taps(in_w, out_w))
     return 2.0 * x - 1.0
-  x = _separable(images, pil_bicubic_matrix(in_h, out_h), pil_bicubic_matrix(in_w, out_w))
+  if mode == "torchmetrics":
+    rows, cols = antialias_bilinear_matrix(in_h, out_h), antialias_bilinear_matrix(in_w, out_w)
+    return (_separable(images, rows, cols, horizontal_first=True) - 128.0) / 128.0
+  rows, cols = pil_bicubic_matrix(in_h, out_h), pil_bicubic_matrix(in_w, out_w)
+  horizontal_first = pil_horizontal_first(in_h, in_w, out_h, out_w)
+  x = _separable(images, rows, cols, horizontal_first=horizontal_first)
   return (jnp.clip(x, 0.0, 255.0) - 128.0) / 128.0
 
 
@@ -148,6 +162,32 @@ def pil_bicubic_matrix(in_size, out_size):
   return matrix.astype(np.float32)
 
 
+@functools.lru_cache(maxsize=None)
+def antialias_bilinear_matrix(in_size, out_size):
+  """torch's antialiased bilinear filter (``interpolate(..., antialias=True)``) as a dense
+  ``(out_size, in_size)`` float32 matrix.
+
+  The triangle filter on Pillow's window (``_compute_index_ranges_weights`` in ATen's
+  ``UpSampleKernel.cpp``), evaluated in float32 as ATen does for float input: its float32 scale
+  moves the window centres by ~1e-7 relative, which at 300 → 299 shifts outputs by up to 4e-3 on
+  0..255 values against a float64 filter.
+  """
+  f = np.float32
+  scale = f(in_size / out_size)
+  filterscale = max(scale, f(1.0))
+  support, inv = filterscale, f(1.0) / filterscale  # bilinear: interp_size / 2 = 1
+  matrix = np.zeros((out_size, in_size), np.float32)
+  for xx in range(out_size):
+    center = scale * (f(xx) + f(0.5))
+    xmin = max(int(center - support + f(0.5)), 0)
+    count = min(int(center + support + f(0.5)), in_size) - xmin
+    t = np.abs((np.arange(xmin, xmin + count, dtype=f) - center + f(0.5)) * inv)
+    w = np.where(t < f(1.0), f(1.0) - t, f(0.0)).astype(f)
+    total = np.cumsum(w, dtype=f)[-1]  # summed in order, as ATen's loop
+    matrix[xx, xmin:xmin + count] = w / total if total != 0.0 else w
+  return matrix
+
+
 def pil_horizontal_first(in_h, in_w, out_h, out_w):
   """Whether Pillow resamples horizontally before vertically (``ImagingResampleInner``).
 
@@ -160,11 +200,11 @@ def pil_horizontal_first(in_h, in_w, out_h, out_w):
   return not (shrink_h > 0 and shrink_h > 2 * (in_w - out_w))
 
 
-def _separable(x, rows, cols):
-  # PIL stores the first pass as float32 before the second; the order follows Pillow's rule.
+def _separable(x, rows, cols, *, horizontal_first):
+  # PIL and torch store the first pass as float32 before the second, so the order matters.
   highest = jax.lax.Precision.HIGHEST
   horizontal = lambda v: jnp.einsum("pw,nhwc->nhpc", jnp.asarray(cols), v, precision=highest)
   vertical = lambda v: jnp.einsum("oh,nhwc->nowc", jnp.asarray(rows), v, precision=highest)
-  if pil_horizontal_first(x.shape[1], x.shape[2], rows.shape[0], cols.shape[0]):
+  if horizontal_first:
     return vertical(horizontal(x))
   return horizontal(vertical(x))

@@ -50,3 +50,14 @@ def torch_fidelity_metric_module(name):
     stand_in.__getattr__ = __getattr__
     sys.modules["torch_fidelity.utils"] = stand_in
   return importlib.import_module(f"torch_fidelity.{name}")
+
+
+def torchmetrics_module(name):
+  """Returns ``torchmetrics.<name>``, unmodified.
+
+  torchmetrics' package ``__init__`` imports its FID module, which imports
+  ``torch_fidelity.feature_extractor_inceptionv3``; registering the bare ``torch_fidelity`` package
+  first (:func:`torch_fidelity_module`) lets that import go through without torchvision.
+  """
+  torch_fidelity_module("feature_extractor_inceptionv3")
+  return importlib.import_module(f"torchmetrics.{name}")

@@ -192,6 +192,22 @@ def test_pytorch_resize_matches_torch_interpolate(in_hw):
   np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("in_hw", [(32, 32), (61, 47), (299, 299), (300, 299), (512, 384),
+                                   (64, 1000), (1, 1)])
+def test_torchmetrics_resize_matches_torch_antialiased_interpolate(in_hw):
+  # torchmetrics' NoTrainInceptionV3 with its default antialias=True: this call on 0..255 floats,
+  # then (x − 128) / 128.
+  images = fixtures.test_images(in_hw[0] + 3 * in_hw[1], 2, *in_hw).astype(np.float32)
+  expected = torch.nn.functional.interpolate(
+      torch.from_numpy(images).permute(0, 3, 1, 2), size=(299, 299), mode="bilinear",
+      align_corners=False, antialias=True).permute(0, 2, 3, 1).numpy()
+  got = np.asarray(resize_lib.resize(images, mode="torchmetrics")) * 128.0 + 128.0
+  # The same float32 filter; torch accumulates tap by tap, we as matrix products: seen ≤ 4.6e-5 on
+  # 0..255 (3 ulps of 255). A float64 filter would miss by up to 4e-3 (300 → 299), so 1e-4 tells
+  # the two apart; one grey level is 1.
+  np.testing.assert_allclose(got, expected, rtol=0, atol=1e-4)
+
+
 @pytest.mark.parametrize("in_hw", [(32, 32), (61, 47), (299, 299), (400, 333), (1024, 700)])
 def test_clean_resize_matches_pil_bicubic_on_float_channels(in_hw):
   images = fixtures.test_images(in_hw[0] + 7 * in_hw[1], 1, *in_hw).astype(np.float32)

@@ -17,7 +17,7 @@ from skimage.metrics import structural_similarity as sk_ssim
 from jaxmetrics._errors import InputError
 from jaxmetrics import reconstruction as rec
 from jaxmetrics.reconstruction import ReconstructionState, psnr, reconstruction_error, ssim
-from tests._peers import torch_fidelity_module
+from tests._peers import torchmetrics_module
 
 # float32 against a float64 computation: each element carries ~6e-8 relative rounding and the mean
 # over ≤ 10³ elements adds at most as much again; measured ≲ 3e-7 relative.
@@ -267,14 +267,7 @@ def test_data_range_inferred_for_uint8_only():
 
 
 def _torchmetrics_image():
-  # torchmetrics imports torch_fidelity when it is installed, whose package __init__ needs
-  # torchvision; registering the bare package first (tests/_peers.py) lets it import.
-  try:
-    torch_fidelity_module("feature_extractor_inceptionv3")
-  except ImportError:
-    pass  # not installed: torchmetrics will not look for it
-  from torchmetrics.functional import image
-  return image
+  return torchmetrics_module("functional.image")
 
 
 # The peer runs in float64 (the exact value): ours in x64 agrees to 1e-16 (measured; tolerance

@@ -19,7 +19,7 @@ from jaxmetrics.semantic import semantic_similarity
 from tests._clip_fixtures import TEXTS
 from tests._clip_fixtures import make_checkpoint
 from tests._inception_fixtures import test_images
-from tests._peers import torch_fidelity_module
+from tests._peers import torchmetrics_module
 
 # Hand-checkable cases are computed in float64 on both sides: agreement to rounding.
 EXACT = 1e-12
@@ -29,12 +29,7 @@ ATOL_SCORE = 1e-3
 
 
 def _torchmetrics_clip_score():
-  # torchmetrics' package __init__ imports its FID module, which imports torch_fidelity, whose own
-  # __init__ needs torchvision (no CPU wheel here). With torch_fidelity registered as a bare package
-  # (tests._peers) that import goes through, and torchmetrics' clip_score runs unmodified.
-  torch_fidelity_module("feature_extractor_inceptionv3")
-  from torchmetrics.functional.multimodal import clip_score  # pylint: disable=g-import-not-at-top
-  return clip_score
+  return torchmetrics_module("functional.multimodal").clip_score
 
 
 def _pairwise_mean(embeddings):
