@@ -10,10 +10,13 @@ compilation, and the peak resident memory is that process's alone:
 * torch-fidelity: its own ``FeatureExtractorInceptionV3`` over batches of B images read from the
   same memory-mapped files (its DataLoader needs torchvision, which this machine lacks; the model
   and metric code are its own), then its ``fid_features_to_statistics`` and
-  ``fid_statistics_to_metric``.
+  ``fid_statistics_to_metric``;
+* torchmetrics: its ``FrechetInceptionDistance`` with its defaults (``antialias=True``: its FID
+  differs from the TF-resize FID of the other two by the resize alone; ``resize="torchmetrics"``
+  in jaxmetrics gives its number, see ``agreement.py``), ``update`` over the same batches.
 
-Both load the same random-weight checkpoint in the official file format. pytorch-fid and
-torchmetrics need torchvision: on a machine without it their rows say "not measured".
+All load the same random-weight checkpoint in the official file format. pytorch-fid needs
+torchvision: on a machine without it its row says "not measured".
 
   python benchmarks/end_to_end.py [--n 50000] [--batch 64]
 
@@ -78,9 +81,25 @@ def _torch_fidelity(args):
       metric_fid.KEY_METRIC_FID])
 
 
+def _torchmetrics(args):
+  import torch
+  from tests._peers import torchmetrics_module
+  torch.set_num_threads(os.cpu_count())
+  fid = torchmetrics_module("image").FrechetInceptionDistance(
+      feature=2048, feature_extractor_weights_path=args.checkpoint)
+  with torch.no_grad():
+    for path, real in ((args.b, True), (args.a, False)):
+      images = np.load(path, mmap_mode="r")
+      for start in range(0, len(images), args.batch):
+        batch = torch.from_numpy(np.ascontiguousarray(images[start:start + args.batch]))
+        fid.update(batch.permute(0, 3, 1, 2), real=real)
+  return float(fid.compute())
+
+
 def _child(args):
   start = time.perf_counter()
-  fid = {"jaxmetrics": _jaxmetrics, "torch-fidelity": _torch_fidelity}[args.child](args)
+  fid = {"jaxmetrics": _jaxmetrics, "torch-fidelity": _torch_fidelity,
+         "torchmetrics": _torchmetrics}[args.child](args)
   print(json.dumps({"library": args.child, "fid": fid, "wall_s": time.perf_counter() - start,
                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
@@ -90,7 +109,7 @@ def main():
   parser.add_argument("--n", type=int, default=50000, help="images per set")
   parser.add_argument("--size", type=int, default=32, help="image side (CIFAR: 32)")
   parser.add_argument("--batch", type=int, default=64)
-  parser.add_argument("--libraries", default="jaxmetrics,torch-fidelity")
+  parser.add_argument("--libraries", default="jaxmetrics,torch-fidelity,torchmetrics")
   parser.add_argument("--child", help=argparse.SUPPRESS)
   parser.add_argument("--checkpoint", help=argparse.SUPPRESS)
   parser.add_argument("--a", help=argparse.SUPPRESS)
@@ -116,7 +135,7 @@ def main():
       raise SystemExit(f"{library} failed:\n{out.stderr[-3000:]}")
     rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
     print(rows[-1], flush=True)
-  for library in ("pytorch-fid", "torchmetrics"):
+  for library in ("pytorch-fid",):
     rows.append({"library": library, "fid": None, "wall_s": None, "peak_rss_mb": None,
                  "note": "not measured: needs torchvision (a GPU machine has it)"})
 
@@ -143,9 +162,15 @@ def main():
     speed = f"{base['wall_s'] / r['wall_s']:.2f}×" if base else ""
     lines.append(f"| {r['library']} | {r['wall_s']:.1f} | {2 * args.n / r['wall_s']:.2f} | "
                  f"{speed} | {r['peak_rss_mb']:.0f} | {r['fid']:.6f} |")
-  if len(measured) == 2:
-    a, b = (r["fid"] for r in measured)
-    lines += ["", f"FID difference: {abs(a - b):.2e} ({abs(a - b) / abs(b):.1e} relative)."]
+  fids = {r["library"]: r["fid"] for r in measured}
+  if "jaxmetrics" in fids and "torch-fidelity" in fids:
+    a, b = fids["jaxmetrics"], fids["torch-fidelity"]
+    lines += ["", "FID difference, jaxmetrics vs torch-fidelity (both TF1 resize): "
+              f"{abs(a - b):.2e} ({abs(a - b) / abs(b):.1e} relative)."]
+  if "torchmetrics" in fids:
+    lines += ["", "torchmetrics' FID is that of its default resize (torch's half-pixel bilinear, "
+              "antialias=True), not the TF graph's; jaxmetrics reproduces it with "
+              "resize=\"torchmetrics\" (benchmarks/agreement.py)."]
   _results.write("end_to_end", {"meta": meta, "rows": rows}, "\n".join(lines))
 
 

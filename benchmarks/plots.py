@@ -30,14 +30,14 @@ def _date(result):
 
 def _agreement(result, ax):
   rows = [r for r in result["rows"] if r.get("difference") is not None]
-  labels = [r["quantity"] for r in rows]
+  labels = [f"{r.get('peer', 'torch-fidelity')}: {r['quantity']}" for r in rows]
   ax.barh(labels, [r["difference"] for r in rows], color="tab:blue", label="|jaxmetrics − peer|")
   ax.scatter([r["bar"] for r in rows], labels, marker="|", s=300, color="black",
              label="tolerance", zorder=3)
   ax.set_xscale("log")
   ax.invert_yaxis()
   ax.set_xlabel("relative difference (log)")
-  ax.set_title(f"Agreement with torch-fidelity ({_date(result)})")
+  ax.set_title(f"Agreement with torch-fidelity and torchmetrics ({_date(result)})")
   ax.legend(loc="lower right", fontsize=8)
 
 
