@@ -9,8 +9,9 @@ bfloat16 passes on TPUs, TF32 on Ampere and later GPUs; CPUs compute float32 eit
 "pool3 change" column is the relative L2 difference of its features from the highest-precision
 ones on the same images, the size of the change the fast mode makes. torch-fidelity runs as
 it does for its users (float32; on an NVIDIA GPU torch's defaults let cuDNN convolutions use TF32,
-torch.backends.cudnn.allow_tf32 = True, and keep matmuls in float32). pytorch-fid and torchmetrics need
-torchvision, which this CPU machine lacks: their rows say "not measured" here.
+torch.backends.cudnn.allow_tf32 = True, and keep matmuls in float32). pytorch-fid needs
+torchvision, which this CPU machine lacks. torchmetrics imports here but is not in this benchmark
+yet; end_to_end.py measures it.
 
   python benchmarks/extract_throughput.py [--batch-sizes 32,64,128,256,512] [--sizes 299]
       [--precisions highest,default] [--repeats 2]
@@ -118,8 +119,8 @@ def main():
     change = "" if row["pool3_change"] is None else f"{row['pool3_change']:.1e}"
     lines.append(f"| {row['input']} | {row['batch']} | {row['library']} | {row['precision']} | "
                  f"{row['images_per_s']:.2f} | {ratio} | {change} |")
-  lines += ["", "pytorch-fid, torchmetrics: not measured (no torchvision on this machine)."
-            if meta["backend"] == "cpu" else ""]
+  lines += ["", "pytorch-fid: not measured (no torchvision on this machine). torchmetrics: not "
+            "in this benchmark yet (end_to_end.py measures it)." if meta["backend"] == "cpu" else ""]
   _results.write("extract_throughput", {"meta": meta, "rows": rows}, "\n".join(lines))
 
 
