@@ -140,7 +140,7 @@ def test_a_folder_of_mixed_sizes_fails_before_any_step(params_path, tmp_path):
 @pytest.mark.parametrize("options, match", [
     ({"batch_size": 0}, "batch_size: expected a positive integer, got 0"),
     ({"splits": 0}, "splits: expected a positive integer"),
-    ({"resize": "bicubic"}, "resize: expected one of tf1, pytorch, clean"),
+    ({"resize": "bicubic"}, "resize: expected one of tf1, pytorch, clean, torchmetrics, got"),
     ({"precision": "fast"}, "precision: expected one of"),
     ({"keep_features": ("pool4",)}, "keep_features: expected True or names among"),
     ({"num_samples": 22}, "num_samples: expected at most 21, the rows of array, got 22"),

@@ -251,7 +251,7 @@ def test_bad_images_get_a_one_line_error(images, message):
 
 def test_bad_options_get_a_one_line_error():
   images = np.zeros((1, 8, 8, 3), np.uint8)
-  with pytest.raises(InputError, match="resize: expected one of tf1, pytorch, clean, got 'bicubic'"):
+  with pytest.raises(InputError, match="resize: expected one of tf1, pytorch, clean, torchmetrics, got 'bicubic'"):
     inception.features({}, images, resize="bicubic")
   with pytest.raises(InputError, match="precision"):
     inception.features({}, images, precision="fp8")
