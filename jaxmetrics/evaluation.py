@@ -237,9 +237,8 @@ def evaluate(a, b=None, *, metrics=("fid",), params=None, weights=None, check_ha
       _warn_if_few(first, second)
       results["fid"] = host_frechet_distance(first.mu, first.sigma, second.mu, second.sigma)
     if "kid" in metrics:
-      mean, std = _kid(first.features, second.features, subsets=kid_subsets,
-                       subset_size=kid_subset_size)
-      results["kid_mean"], results["kid_std"] = float(mean), float(std)
+      results["kid_mean"], results["kid_std"] = float64_kid(
+          first.features, second.features, subsets=kid_subsets, subset_size=kid_subset_size)
   # None when every source was saved statistics: no weights were needed, none are reported.
   results["weights_sha256"] = evaluator.weights_sha256 if evaluator.weights_resolved else None
   return results
@@ -262,6 +261,27 @@ def host_frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   with jax.enable_x64(True), jax.default_device(device):
     return float(frechet_distance(np.asarray(mu1, np.float64), np.asarray(sigma1, np.float64),
                                   np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)))
+
+
+def float64_kid(features1, features2, **kwargs):
+  """:func:`jaxmetrics.kid` in float64: ``(mean, std)`` as floats, what ``evaluate`` and the CLI report.
+
+  MMD² is a difference of kernel means hundreds to thousands of times its size, so float32 sums
+  leave relative errors that grow with the subset size. Measured on an H100 with random-weight
+  features, 2560 vs 2560 in one subset (``benchmarks/results/agreement_gpu.md``): float32 was 1.8e-3
+  from the float64 textbook value, torchmetrics 3.7e-5. Runs on the GPU where JAX has one (float64
+  products at tens of TFLOP/s on an H100), otherwise on the host CPU, like
+  :func:`host_frechet_distance` (TPUs emulate float64). Keyword arguments are ``kid``'s.
+  """
+  device = jax.devices()[0]
+  if device.platform != "gpu":
+    try:
+      device = jax.local_devices(backend="cpu")[0]
+    except RuntimeError:  # JAX_PLATFORMS without "cpu": the default device, still in float64
+      device = jax.local_devices()[0]
+  with jax.enable_x64(True), jax.default_device(device):
+    mean, std = _kid(np.asarray(features1, np.float64), np.asarray(features2, np.float64), **kwargs)
+  return float(mean), float(std)
 
 
 def fid(a, b, **kwargs):
