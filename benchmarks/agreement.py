@@ -1,4 +1,4 @@
-"""Agreement of jaxmetrics with torch-fidelity and torchmetrics: features, FID, IS and KID.
+"""Agreement of jaxmetrics with torch-fidelity, torchmetrics and pytorch-fid: features, FID, IS, KID.
 
 Every side loads the same random-weight checkpoint in the official file format (the real weights
 cannot be downloaded here) and sees the same uint8 images.
@@ -12,10 +12,19 @@ cannot be downloaded here) and sees the same uint8 images.
   ``resize="torchmetrics"``; and its FID with ``antialias=False`` against ``resize="tf1"``. KID
   uses subsets of the whole sets (torchmetrics draws them with torch's RNG; whole sets make the
   draws irrelevant), IS gets the fake set in the order torchmetrics' shuffle puts it.
+* pytorch-fid: its ``InceptionV3`` on [0, 1] floats, against ``resize="pytorch"``; FID by its
+  ``calculate_frechet_distance`` (``scipy.linalg.sqrtm``) on the mean and ``np.cov`` of its
+  features, against ``jaxmetrics.fid``. With fewer images than 2048 the covariances are singular
+  and its ``sqrtm`` may return an imaginary part it refuses ("Imaginary component"): the row then
+  records that, and ``--n 2560`` gives a number.
+
+On a GPU the torch peers run on it with TF32 off (``_torch_peers.set_precision("highest")``), as
+jaxmetrics runs at its default "highest": the table is parity, not speed
+(``extract_throughput.py`` measures what TF32 changes).
 
   python benchmarks/agreement.py [--n 64] [--size 32]
 
-Writes benchmarks/results/agreement.{json,md}.
+Writes benchmarks/results/agreement{,_gpu}.{json,md,png} (``_gpu`` when JAX runs on one).
 """
 
 import argparse
@@ -28,16 +37,28 @@ import numpy as np
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+# JAX and torch share the GPU in this process: JAX must not take 75% of it up front.
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
+import jax  # noqa: E402
 import torch  # noqa: E402
 
 import _results  # noqa: E402
+import _torch_peers  # noqa: E402
 import jaxmetrics  # noqa: E402
 from jaxmetrics import extract  # noqa: E402
+from jaxmetrics.evaluation import host_frechet_distance  # noqa: E402
 from jaxmetrics import inception  # noqa: E402
 from tests import _inception_fixtures as fixtures  # noqa: E402
 from tests._peers import torch_fidelity_metric_module  # noqa: E402
 from tests._peers import torchmetrics_module  # noqa: E402
+
+
+_CHUNK = 256  # images per forward pass: whole sets of thousands do not fit in GPU memory
+
+
+def _chunks(x):
+  return (x[i:i + _CHUNK] for i in range(0, len(x), _CHUNK))
 
 
 def _relative(a, b):
@@ -52,7 +73,41 @@ def _row(peer, quantity, ours=None, theirs=None, difference=None, bar=None):
           "difference": difference, "bar": bar}
 
 
-def _torchmetrics_rows(legacy, params, sets):
+def _stats(x):
+  x = np.asarray(x, np.float64)
+  return {"mu": np.mean(x, axis=0), "sigma": np.cov(x, rowvar=False)}
+
+
+def _pytorch_fid_rows(legacy, params, sets, dev):
+  """pytorch-fid's model and FID against ``resize="pytorch"``."""
+  forward = _torch_peers.extractor("pytorch-fid", legacy, dev)
+  peer = [np.concatenate([forward(c).cpu().numpy() for c in _chunks(x)]) for x in sets]
+  ours = [np.asarray(jaxmetrics.features(params, x, resize="pytorch", batch_size=_CHUNK)["pool3"])
+          for x in sets]
+  rows = [_row("pytorch-fid", "features pool3 (relative L2, worst set)", bar=1e-4,
+               difference=max(_relative(o, t) for o, t in zip(ours, peer)))]
+  our_fid = jaxmetrics.fid(sets[0], sets[1], params=params, resize="pytorch", cache=False)
+  (mu1, sigma1), (mu2, sigma2) = ((np.mean(a, axis=0), np.cov(a, rowvar=False)) for a in peer)
+  peer_fid, note = _torch_peers.pytorch_fid_frechet(mu1, sigma1, mu2, sigma2)
+  if peer_fid is None:
+    rows.append({"peer": "pytorch-fid", "quantity": f"FID: pytorch-fid {note}",
+                 "jaxmetrics": float(our_fid), "theirs": None, "difference": None, "bar": None})
+    return rows
+  quantity = "FID" + (f" (pytorch-fid {note})" if note else "")
+  rows.append(_row("pytorch-fid", quantity, float(our_fid), peer_fid))
+  return rows
+
+
+def _kid_float64(x, y):
+  """Unbiased MMD² with the cubic polynomial kernel on whole sets, float64: the textbook formula."""
+  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
+  n, m, d = len(x), len(y), x.shape[1]
+  kxx, kyy, kxy = ((a @ b.T / d + 1) ** 3 for a, b in ((x, x), (y, y), (x, y)))
+  return ((kxx.sum() - np.trace(kxx)) / (n * (n - 1)) + (kyy.sum() - np.trace(kyy)) / (m * (m - 1))
+          - 2 * kxy.sum() / (n * m))
+
+
+def _torchmetrics_rows(legacy, params, sets, dev):
   """torchmetrics' three metrics (defaults) and its FID with antialias=False, against ours."""
   n = len(sets[0])
   # torch.chunk makes splits of ceil(n / splits) rows, improved-gan of n·k // splits boundaries:
@@ -61,38 +116,48 @@ def _torchmetrics_rows(legacy, params, sets):
   image = torchmetrics_module("image")
   network = torchmetrics_module("image.fid").NoTrainInceptionV3
   path = str(legacy)
-  fake, real = (torch.from_numpy(x).permute(0, 3, 1, 2).contiguous() for x in sets)
+  fake, real = (torch.from_numpy(x).to(dev).permute(0, 3, 1, 2).contiguous() for x in sets)
   peer = {}
   with torch.no_grad():
     for antialias in (True, False):
       fid = image.FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=path,
-                                           antialias=antialias)
-      fid.update(real, real=True)
-      fid.update(fake, real=False)
+                                           antialias=antialias).to(dev)
+      for chunk in _chunks(real):
+        fid.update(chunk, real=True)
+      for chunk in _chunks(fake):
+        fid.update(chunk, real=False)
       peer["fid", antialias] = float(fid.compute())
     # KID and IS take no weights path: they get the module they would build, from this file.
     kid = image.KernelInceptionDistance(
         feature=network("inception-v3-compat", ["2048"], feature_extractor_weights_path=path),
-        subsets=2, subset_size=n)
-    kid.update(real, real=True)
-    kid.update(fake, real=False)
+        subsets=2, subset_size=n).to(dev)
+    for chunk in _chunks(real):
+      kid.update(chunk, real=True)
+    for chunk in _chunks(fake):
+      kid.update(chunk, real=False)
     peer["kid"] = float(kid.compute()[0])
     isc = image.InceptionScore(feature=network("inception-v3-compat", ["logits_unbiased"],
-                                               feature_extractor_weights_path=path), splits=splits)
-    isc.update(fake)
+                                               feature_extractor_weights_path=path),
+                             splits=splits).to(dev)
+    for chunk in _chunks(fake):
+      isc.update(chunk)
     torch.manual_seed(2020)
     permutation = torch.randperm(n).numpy()  # what InceptionScore.compute draws next
     torch.manual_seed(2020)
     peer["is"] = float(isc.compute()[0])
-    pool3 = network("inception-v3-compat", ["2048"], feature_extractor_weights_path=path)
-    peer_pool3 = [pool3(x).numpy() for x in (fake, real)]
+    pool3 = network("inception-v3-compat", ["2048"], feature_extractor_weights_path=path).to(dev)
+    peer_pool3 = [torch.cat([pool3(c).cpu() for c in _chunks(x)]).numpy() for x in (fake, real)]
 
   ours = jaxmetrics.evaluate(sets[0][permutation], sets[1], metrics=("fid", "kid", "is"),
                              params=params, resize="torchmetrics", splits=splits, kid_subsets=2,
                              kid_subset_size=n, cache=False)
   ours_tf1 = jaxmetrics.fid(sets[0], sets[1], params=params, resize="tf1", cache=False)
-  our_pool3 = [jaxmetrics.features(params, x, resize="torchmetrics")["pool3"] for x in sets]
+  our_pool3 = [jaxmetrics.features(params, x, resize="torchmetrics", batch_size=_CHUNK)["pool3"]
+               for x in sets]
   err = max(_relative(o, t) for o, t in zip(our_pool3, peer_pool3))
+  # KID cancels terms many times its size, so feature round-off moves it. Float64 KID on
+  # each library's own features separates its kernel arithmetic from its features.
+  peer["kid float64"] = (_kid_float64(*our_pool3), _kid_float64(*peer_pool3))
   rows = [_row("torchmetrics", "features pool3, antialias=True (relative L2)", difference=err,
                bar=1e-4)]
   for quantity, mine, theirs in (
@@ -101,7 +166,7 @@ def _torchmetrics_rows(legacy, params, sets):
       ("KID mean (subsets of the whole sets)", ours["kid_mean"], peer["kid"]),
       (f"IS mean (its shuffle, {splits} splits)", ours["is_mean"], peer["is"])):
     rows.append(_row("torchmetrics", quantity, mine, theirs))
-  return rows, peer["fid", True], peer["fid", False]
+  return rows, peer["fid", True], peer["fid", False], peer["kid float64"]
 
 
 def _table(title, peer, rows):
@@ -109,8 +174,9 @@ def _table(title, peer, rows):
   lines = [title, "", f"| quantity | jaxmetrics | {peer} | relative difference |",
            "|---|---|---|---|"]
   for row in rows:
+    difference = "" if row["difference"] is None else f"{row['difference']:.2e}"
     lines.append(f"| {row['quantity']} | {fmt(row['jaxmetrics'])} | {fmt(row['theirs'])} | "
-                 f"{row['difference']:.2e} |")
+                 f"{difference} |")
   return lines
 
 
@@ -126,7 +192,9 @@ def main():
   legacy, _ = fixtures.save_checkpoints(fixtures.random_state_dict(seed=0), folder)
   os.environ["JAXMETRICS_CACHE"] = str(folder / "cache")
   params = inception.load_params(legacy, check_hash=False, progress=False)
-  extractor = fixtures.torch_fidelity_extractor(legacy)
+  dev = _torch_peers.device()
+  _torch_peers.set_precision("highest")
+  extractor = fixtures.torch_fidelity_extractor(legacy).to(dev)
   sets = [fixtures.test_images(seed, args.n, args.size, args.size) for seed in (101, 202)]
 
   ours, theirs = [], []
@@ -134,7 +202,8 @@ def main():
     result = extract.extract(images, params, keep_features=("pool3", "logits_unbiased"),
                              progress=False)
     ours.append(result)
-    theirs.append(fixtures.torch_fidelity_features(extractor, images))
+    parts = [fixtures.torch_fidelity_features(extractor, c) for c in _chunks(images)]
+    theirs.append({k: np.concatenate([part[k] for part in parts]) for k in parts[0]})
 
   rows = []
   for key, ours_key in (("pool3", "pool3"), ("logits_unbiased", "logits_unbiased")):
@@ -146,17 +215,19 @@ def main():
   metric_isc = torch_fidelity_metric_module("metric_isc")
   metric_kid = torch_fidelity_metric_module("metric_kid")
 
-  def stats(x):
-    return {"mu": np.mean(x, axis=0), "sigma": np.cov(x, rowvar=False)}
-
   peer_fid = metric_fid.fid_statistics_to_metric(
-      stats(theirs[0]["pool3"].astype(np.float64)), stats(theirs[1]["pool3"].astype(np.float64)),
-      verbose=False)[metric_fid.KEY_METRIC_FID]
-  our_fid = float(jaxmetrics.frechet_distance(ours[0].stats.mean, ours[0].stats.covariance(),
-                                              ours[1].stats.mean, ours[1].stats.covariance()))
+      _stats(theirs[0]["pool3"]), _stats(theirs[1]["pool3"]), verbose=False)[metric_fid.KEY_METRIC_FID]
+  statistics = [(o.stats.mean, o.stats.covariance()) for o in ours]
+  # What jaxmetrics.fid and the CLI do: float64 on the host. The float32 kernel on the device is
+  # the in-training-loop route; it cannot resolve covariances whose spectrum spans > 1/eps (N close
+  # to d with dead channels, as here at N = 2560): a row of its own, not a parity claim.
+  our_fid = host_frechet_distance(*statistics[0], *statistics[1])
+  our_fid32 = float(jaxmetrics.frechet_distance(*statistics[0], *statistics[1]))
   rows.append(_row("torch-fidelity", "FID", our_fid, peer_fid))
+  rows.append(_row("torch-fidelity", "FID, float32 kernel on the device (in-loop route)",
+                   our_fid32, peer_fid))
   # FID is a difference of large terms; its float32 error scales with them, not with FID.
-  s1, s2 = (stats(t["pool3"].astype(np.float64)) for t in theirs)
+  s1, s2 = (_stats(t["pool3"]) for t in theirs)
   scale = np.trace(s1["sigma"]) + np.trace(s2["sigma"]) + np.sum((s1["mu"] - s2["mu"]) ** 2)
   rows.append(_row("torch-fidelity", "FID, difference relative to tr Σ₁ + tr Σ₂ + ‖Δμ‖²",
                    theirs=float(scale), difference=abs(our_fid - peer_fid) / scale))
@@ -177,13 +248,19 @@ def main():
   peer_mean = peer_kid[metric_kid.KEY_METRIC_KID_MEAN]
   rows.append(_row("torch-fidelity", "KID mean", float(our_kid[0]), peer_mean))
 
-  torchmetrics_rows, default, without_antialias = _torchmetrics_rows(legacy, params, sets)
+  torchmetrics_rows, default, without_antialias, kid64 = _torchmetrics_rows(legacy, params, sets,
+                                                                            dev)
+  pytorch_fid_rows = _pytorch_fid_rows(legacy, params, sets, dev)
   meta = _results.machine(images_per_set=args.n, image_size=args.size)
-  lines = ["# Agreement with torch-fidelity and torchmetrics", "", _results.describe(meta), "",
+  gpu = jax.default_backend() == "gpu"
+  lines = ["# Agreement with torch-fidelity, torchmetrics and pytorch-fid", "",
+           _results.describe(meta), "",
            f"jaxmetrics vs the peers on the same random-weight checkpoint and images "
            f"({args.n} + {args.n} images of {args.size}×{args.size}). Random weights give large "
            "feature magnitudes, so FID and KID are large here: compare the relative differences. "
-           "Command: `python benchmarks/agreement.py`.", ""]
+           + ("The torch peers run on the GPU with TF32 off, jaxmetrics at precision "
+              "\"highest\". " if gpu else "")
+           + f"Command: `python benchmarks/agreement.py --n {args.n}`.", ""]
   lines += _table("## torch-fidelity (TF1 resize)", "torch-fidelity", rows)
   lines += ["", *_table("## torchmetrics (its defaults; jaxmetrics `resize=\"torchmetrics\"`)",
                         "torchmetrics", torchmetrics_rows)]
@@ -192,8 +269,21 @@ def main():
             "relative). The network is the same; the resize is not: torch's bilinear with half-pixel "
             "centres (antialiased when shrinking) against the TF graph's. With antialias=False "
             f"torchmetrics gives {without_antialias:.8g}."]
-  rows += torchmetrics_rows
-  _results.write("agreement", {"meta": meta, "rows": rows}, "\n".join(lines))
+  kid_ours, kid_theirs = (r["jaxmetrics"] for r in torchmetrics_rows if r["quantity"].startswith(
+      "KID")), (r["theirs"] for r in torchmetrics_rows if r["quantity"].startswith("KID"))
+  kid_ours, kid_theirs = next(kid_ours), next(kid_theirs)
+  lines += ["", "KID on whole sets by the textbook formula in float64 (unbiased MMD², cubic kernel) "
+            f"on each library's own pool3: jaxmetrics' features {kid64[0]:.8g}, its KID "
+            f"{abs(kid_ours - kid64[0]) / abs(kid64[0]):.1e} from it; torchmetrics' features "
+            f"{kid64[1]:.8g}, its KID {abs(kid_theirs - kid64[1]) / abs(kid64[1]):.1e} from it. "
+            "KID cancels terms many times its size, so the 1e-6 feature differences alone move it by "
+            f"{abs(kid64[0] - kid64[1]) / abs(kid64[1]):.1e}."]
+  lines += ["", *_table("## pytorch-fid (jaxmetrics `resize=\"pytorch\"`)", "pytorch-fid",
+                        pytorch_fid_rows)]
+  rows += torchmetrics_rows + pytorch_fid_rows
+  name = "agreement" + ("_gpu" if gpu else "")
+  _results.write(name, {"meta": meta, "rows": rows, "kid_float64_whole_sets": kid64},
+                 "\n".join(lines))
 
 
 if __name__ == "__main__":

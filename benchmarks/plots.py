@@ -31,13 +31,15 @@ def _date(result):
 def _agreement(result, ax):
   rows = [r for r in result["rows"] if r.get("difference") is not None]
   labels = [f"{r.get('peer', 'torch-fidelity')}: {r['quantity']}" for r in rows]
+  labels = [label if len(label) <= 60 else label[:59] + "…" for label in labels]
+  ax.figure.set_size_inches(11, 1.5 + 0.32 * len(rows))
   ax.barh(labels, [r["difference"] for r in rows], color="tab:blue", label="|jaxmetrics − peer|")
   ax.scatter([r["bar"] for r in rows], labels, marker="|", s=300, color="black",
              label="tolerance", zorder=3)
   ax.set_xscale("log")
   ax.invert_yaxis()
   ax.set_xlabel("relative difference (log)")
-  ax.set_title(f"Agreement with torch-fidelity and torchmetrics ({_date(result)})")
+  ax.set_title(f"Agreement with the PyTorch peers ({_date(result)})")
   ax.legend(loc="lower right", fontsize=8)
 
 
@@ -113,7 +115,9 @@ def _end_to_end(result, ax):
   labels = [r["library"] for r in rows]
   bars = ax.barh(labels, [r["wall_s"] for r in rows], color=[_colour(l) for l in labels])
   for bar, r in zip(bars, rows):
-    ax.annotate(f" FID {r['fid']:.4f}, {r['peak_rss_mb']:.0f} MB",
+    fid = f"FID {r['fid']:.4f}" if isinstance(r["fid"], float) else "no FID"
+    gpu = f", GPU {r['peak_device_mb']:.0f} MB" if r.get("peak_device_mb") else ""
+    ax.annotate(f" {fid}, {r['peak_rss_mb']:.0f} MB{gpu}",
                 (bar.get_width(), bar.get_y() + bar.get_height() / 2), va="center", fontsize=8)
   ax.invert_yaxis()
   ax.set_xlabel("wall time (s)")

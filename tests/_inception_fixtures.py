@@ -15,6 +15,7 @@ from unittest import mock
 import numpy as np
 import torch
 
+from tests._peers import pytorch_fid_module
 from tests._peers import torch_fidelity_module
 
 FEATURES = ["2048", "logits_unbiased", "logits"]
@@ -98,6 +99,27 @@ def torch_fidelity_extractor(path):
 
 def torch_fidelity_features(extractor, images):
   """Runs the peer on uint8 NHWC images (it wants uint8 NCHW and resizes with TF1 itself)."""
+  device = next(extractor.parameters()).device
   with torch.no_grad():
-    pool3, unbiased, logits = extractor(torch.from_numpy(images).permute(0, 3, 1, 2).contiguous())
-  return {"pool3": pool3.numpy(), "logits_unbiased": unbiased.numpy(), "logits": logits.numpy()}
+    outputs = extractor(torch.from_numpy(images).to(device).permute(0, 3, 1, 2).contiguous())
+  pool3, unbiased, logits = (x.cpu().numpy() for x in outputs)
+  return {"pool3": pool3, "logits_unbiased": unbiased, "logits": logits}
+
+
+def pytorch_fid_model(path):
+  """pytorch-fid's own ``InceptionV3`` (pool3 block), its weights download replaced by ``path``.
+
+  ``fid_inception_v3`` builds torchvision's network, patches in the FID blocks and calls
+  ``load_state_dict_from_url(FID_WEIGHTS_URL)``; only that fetch is redirected to the local file.
+  """
+  module = pytorch_fid_module("inception")
+  load = lambda url, progress=True: torch.load(path, map_location="cpu")
+  with mock.patch.object(module, "load_state_dict_from_url", load):
+    return module.InceptionV3([module.InceptionV3.BLOCK_INDEX_BY_DIM[2048]]).eval()
+
+
+def pytorch_fid_features(model, images):
+  """pool3 of pytorch-fid's model on uint8 NHWC images, fed as its loader does: ToTensor, [0, 1]."""
+  x = torch.from_numpy(images).permute(0, 3, 1, 2).float().div(255.0)
+  with torch.no_grad():
+    return model(x)[0].squeeze(3).squeeze(2).numpy()

@@ -3,10 +3,20 @@
 torch-fidelity's package ``__init__`` imports torchvision, which has no CPU wheel here. Its Inception
 module does not need it, so we register a bare ``torch_fidelity`` package whose ``__path__`` is the
 installed folder and import the submodules directly: the peer's code runs unmodified.
+
+pytorch-fid imports ``torchvision`` and subclasses its Inception blocks. The torchvision wheels on
+PyPI for this CPU torch fail at import (their compiled operators were built for another torch), but
+``torchvision.models.inception`` and the transforms it pulls in are pure Python. ``.ci/run`` installs
+the wheel into a folder of its own (``.venv/torchvision-python``), off ``sys.path`` so that nothing
+else imports the broken package, and :func:`pytorch_fid_module` registers bare ``torchvision`` and
+``torchvision.models`` packages from there. Where torchvision imports (a GPU machine) it is used as is.
 """
 
 import importlib
+import importlib.machinery
 import importlib.util
+import os
+import pathlib
 import sys
 import types
 
@@ -61,3 +71,48 @@ def torchmetrics_module(name):
   """
   torch_fidelity_module("feature_extractor_inceptionv3")
   return importlib.import_module(f"torchmetrics.{name}")
+
+
+TORCHVISION_PYTHON = pathlib.Path(sys.prefix) / "torchvision-python"
+
+
+def _bare_package(name, folder, **attributes):
+  spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+  spec.submodule_search_locations = [str(folder)]
+  module = importlib.util.module_from_spec(spec)
+  module.__dict__.update(attributes)
+  sys.modules[name] = module
+  return module
+
+
+def pytorch_fid_module(name):
+  """Returns ``pytorch_fid.<name>`` (``inception``, ``fid_score``), unmodified.
+
+  torchvision is the installed one where it is importable. Otherwise bare packages over the folder
+  ``$JAXMETRICS_TORCHVISION_PYTHON`` (default ``.venv/torchvision-python``) holding its Python files
+  stand in while pytorch-fid's two modules import, and leave ``sys.modules`` afterwards: pytorch-fid
+  keeps the module objects it bound, and other importers (torchmetrics probes for torchvision) do
+  not find a half torchvision.
+  """
+  if importlib.util.find_spec("pytorch_fid") is None:
+    raise ImportError("pytorch-fid is not installed (pip install --no-deps pytorch-fid==0.3.0)")
+  if "pytorch_fid.fid_score" not in sys.modules and importlib.util.find_spec("torchvision") is None:
+    folder = pathlib.Path(os.environ.get("JAXMETRICS_TORCHVISION_PYTHON", TORCHVISION_PYTHON))
+    folder = folder / "torchvision"
+    if not (folder / "models" / "inception.py").is_file():
+      raise ImportError(f"torchvision's Python files are not in {folder} (pip install --no-deps "
+                        f"--target {folder.parent} torchvision==0.28.0)")
+    version = (folder / "version.py").read_text().split("__version__ = ")[1].split()[0]
+    before = set(sys.modules)
+    try:
+      package = _bare_package("torchvision", folder, __version__=version.strip("'\""))
+      package.models = _bare_package("torchvision.models", folder / "models")
+      inception = importlib.import_module("torchvision.models.inception")
+      package.models.inception = inception
+      package.models.inception_v3 = inception.inception_v3
+      importlib.import_module("pytorch_fid.fid_score")  # imports pytorch_fid.inception too
+    finally:
+      for key in set(sys.modules) - before:
+        if key == "torchvision" or key.startswith("torchvision."):
+          del sys.modules[key]
+  return importlib.import_module(f"pytorch_fid.{name}")
