@@ -16,14 +16,11 @@ convolutions in TF32, matmuls in float32), which is how the peers run for their 
 """
 
 import contextlib
-from unittest import mock
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from tests import _inception_fixtures as fixtures
-from tests._peers import pytorch_fid_module
 from tests._peers import torchmetrics_module
 
 PEERS = ("torch-fidelity", "pytorch-fid", "torchmetrics")
@@ -72,29 +69,3 @@ def synchronize(dev):
   if dev.type == "cuda":
     torch.cuda.synchronize(dev)
 
-
-def pytorch_fid_frechet(mu1, sigma1, mu2, sigma2):
-  """``(fid, note)`` from pytorch-fid's ``calculate_frechet_distance``, and what happened.
-
-  pytorch-fid 0.3.0 calls ``scipy.linalg.sqrtm(..., disp=False)``; SciPy 1.18 removed ``disp`` and
-  the call raises TypeError. The note records that, and the FID is then its own code with ``sqrtm``
-  given back its old signature (what it computes on SciPy < 1.18). With fewer images than features
-  its ``sqrtm`` may also return an imaginary part it refuses (ValueError): fid is None then.
-  """
-  fid_score = pytorch_fid_module("fid_score")
-  try:
-    return float(fid_score.calculate_frechet_distance(mu1, sigma1, mu2, sigma2)), None
-  except ValueError as e:
-    return None, f"raised ValueError: {e}"
-  except TypeError as e:
-    if "disp" not in str(e):
-      raise
-    error = str(e)
-  sqrtm = scipy.linalg.sqrtm
-  old_signature = lambda a, disp=True: sqrtm(a) if disp else (sqrtm(a), None)
-  note = f"raised TypeError ({error}); FID with sqrtm's old signature shimmed"
-  with mock.patch.object(fid_score.linalg, "sqrtm", old_signature):
-    try:
-      return float(fid_score.calculate_frechet_distance(mu1, sigma1, mu2, sigma2)), note
-    except ValueError as e2:
-      return None, f"{note}, then raised ValueError: {e2}"

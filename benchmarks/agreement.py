@@ -50,6 +50,7 @@ from jaxmetrics import extract  # noqa: E402
 from jaxmetrics.evaluation import host_frechet_distance  # noqa: E402
 from jaxmetrics import inception  # noqa: E402
 from tests import _inception_fixtures as fixtures  # noqa: E402
+from tests._peers import pytorch_fid_frechet  # noqa: E402
 from tests._peers import torch_fidelity_metric_module  # noqa: E402
 from tests._peers import torchmetrics_module  # noqa: E402
 
@@ -88,7 +89,7 @@ def _pytorch_fid_rows(legacy, params, sets, dev):
                difference=max(_relative(o, t) for o, t in zip(ours, peer)))]
   our_fid = jaxmetrics.fid(sets[0], sets[1], params=params, resize="pytorch", cache=False)
   (mu1, sigma1), (mu2, sigma2) = ((np.mean(a, axis=0), np.cov(a, rowvar=False)) for a in peer)
-  peer_fid, note = _torch_peers.pytorch_fid_frechet(mu1, sigma1, mu2, sigma2)
+  peer_fid, note = pytorch_fid_frechet(mu1, sigma1, mu2, sigma2)
   if peer_fid is None:
     rows.append({"peer": "pytorch-fid", "quantity": f"FID: pytorch-fid {note}",
                  "jaxmetrics": float(our_fid), "theirs": None, "difference": None, "bar": None})

@@ -93,12 +93,12 @@ def _torch_fidelity(args):
 
 
 def _pytorch_fid(args):
-  import _torch_peers
+  from tests._peers import pytorch_fid_frechet
   stats = []
   for features in _peer_features("pytorch-fid", args):
     act = features.numpy()  # calculate_activation_statistics, after its get_activations:
     stats += [np.mean(act, axis=0), np.cov(act, rowvar=False)]
-  fid, note = _torch_peers.pytorch_fid_frechet(*stats)
+  fid, note = pytorch_fid_frechet(*stats)
   return {"fid": fid if fid is not None else note, "note": note if fid is not None else None}
 
 

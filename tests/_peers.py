@@ -19,6 +19,7 @@ import os
 import pathlib
 import sys
 import types
+from unittest import mock
 
 
 def torch_fidelity_module(name):
@@ -116,3 +117,31 @@ def pytorch_fid_module(name):
         if key == "torchvision" or key.startswith("torchvision."):
           del sys.modules[key]
   return importlib.import_module(f"pytorch_fid.{name}")
+
+
+def pytorch_fid_frechet(mu1, sigma1, mu2, sigma2):
+  """``(fid, note)`` from pytorch-fid's ``calculate_frechet_distance``, and what happened.
+
+  pytorch-fid 0.3.0 calls ``scipy.linalg.sqrtm(..., disp=False)``; SciPy 1.18 removed ``disp`` and
+  the call raises TypeError. The note records that, and the FID is then its own code with ``sqrtm``
+  given back its old signature (what it computes on SciPy < 1.18). With fewer images than features
+  its ``sqrtm`` may also return an imaginary part it refuses (ValueError): fid is None then.
+  """
+  fid_score = pytorch_fid_module("fid_score")
+  try:
+    return float(fid_score.calculate_frechet_distance(mu1, sigma1, mu2, sigma2)), None
+  except ValueError as e:
+    return None, f"raised ValueError: {e}"
+  except TypeError as e:
+    if "disp" not in str(e):
+      raise
+    error = str(e)
+  import scipy.linalg  # pylint: disable=g-import-not-at-top  (pytorch-fid's own dependency)
+  sqrtm = scipy.linalg.sqrtm
+  old_signature = lambda a, disp=True: sqrtm(a) if disp else (sqrtm(a), None)
+  note = f"raised TypeError ({error}); FID with sqrtm's old signature shimmed"
+  with mock.patch.object(fid_score.linalg, "sqrtm", old_signature):
+    try:
+      return float(fid_score.calculate_frechet_distance(mu1, sigma1, mu2, sigma2)), note
+    except ValueError as e2:
+      return None, f"{note}, then raised ValueError: {e2}"
