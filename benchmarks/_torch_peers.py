@@ -63,9 +63,3 @@ def extractor(library, checkpoint, dev=None):
       return forward(x)
 
   return run
-
-
-def synchronize(dev):
-  if dev.type == "cuda":
-    torch.cuda.synchronize(dev)
-
