@@ -244,6 +244,14 @@ def evaluate(a, b=None, *, metrics=("fid",), params=None, weights=None, check_ha
   return results
 
 
+def _host_device():
+  """The host CPU device for float64 work; the default device where JAX_PLATFORMS has no "cpu"."""
+  try:
+    return jax.local_devices(backend="cpu")[0]
+  except RuntimeError:
+    return jax.local_devices()[0]
+
+
 def host_frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   """:func:`jaxmetrics.frechet_distance` in float64 on the host CPU, as the PyTorch peers compute it.
 
@@ -254,11 +262,7 @@ def host_frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
   to d, measured in ``benchmarks/results/end_to_end.md``, give FID 575.97 in float32 for 561.64
   (float64; the peers agree to 1.3e-6).
   """
-  try:
-    device = jax.local_devices(backend="cpu")[0]
-  except RuntimeError:  # JAX_PLATFORMS without "cpu": the default device, still in float64
-    device = jax.local_devices()[0]
-  with jax.enable_x64(True), jax.default_device(device):
+  with jax.enable_x64(True), jax.default_device(_host_device()):
     return float(frechet_distance(np.asarray(mu1, np.float64), np.asarray(sigma1, np.float64),
                                   np.asarray(mu2, np.float64), np.asarray(sigma2, np.float64)))
 
@@ -274,12 +278,8 @@ def float64_kid(features1, features2, **kwargs):
   :func:`host_frechet_distance` (TPUs emulate float64). Keyword arguments are ``kid``'s.
   """
   device = jax.devices()[0]
-  if device.platform != "gpu":
-    try:
-      device = jax.local_devices(backend="cpu")[0]
-    except RuntimeError:  # JAX_PLATFORMS without "cpu": the default device, still in float64
-      device = jax.local_devices()[0]
-  with jax.enable_x64(True), jax.default_device(device):
+  with jax.enable_x64(True), jax.default_device(device if device.platform == "gpu" else
+                                                _host_device()):
     mean, std = _kid(np.asarray(features1, np.float64), np.asarray(features2, np.float64), **kwargs)
   return float(mean), float(std)
 
