@@ -46,9 +46,9 @@ import torch  # noqa: E402
 import _results  # noqa: E402
 import _torch_peers  # noqa: E402
 import jaxmetrics  # noqa: E402
-from jaxmetrics import extract  # noqa: E402
-from jaxmetrics.evaluation import host_frechet_distance  # noqa: E402
-from jaxmetrics import inception  # noqa: E402
+from jaxmetrics.pipeline import extract  # noqa: E402
+from jaxmetrics.pipeline.evaluation import host_frechet_distance  # noqa: E402
+from jaxmetrics.networks import inception  # noqa: E402
 from tests import _inception_fixtures as fixtures  # noqa: E402
 from tests._peers import pytorch_fid_frechet  # noqa: E402
 from tests._peers import torch_fidelity_metric_module  # noqa: E402

@@ -61,7 +61,7 @@ def _write_set(path, seed, n, size):
 
 def _jaxmetrics(args):
   import jaxmetrics
-  from jaxmetrics import inception
+  from jaxmetrics.networks import inception
   params = inception.load_params(args.checkpoint, check_hash=False, progress=False)
   return float(jaxmetrics.fid(args.a, args.b, params=params, batch_size=args.batch, cache=False,
                               precision=args.precision or "highest"))

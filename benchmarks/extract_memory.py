@@ -1,4 +1,4 @@
-"""Peak host memory of ``jaxmetrics.extract.extract`` as the number of images grows.
+"""Peak host memory of ``jaxmetrics.pipeline.extract.extract`` as the number of images grows.
 
 Each configuration runs in a fresh process (the kernel's high-water mark, ``VmHWM`` in
 ``/proc/self/status``, only ever grows) on one CPU device, and reports how much the extraction
@@ -60,7 +60,8 @@ def _stand_in_forward(params, images, *, resize="tf1", precision="highest", shar
 
 def _child(kind, n, data, params_path):
   """One extraction in this (fresh) process; prints a JSON line."""
-  from jaxmetrics import extract, inception  # pylint: disable=import-outside-toplevel
+  from jaxmetrics.pipeline import extract
+  from jaxmetrics.networks import inception  # pylint: disable=import-outside-toplevel
   if params_path:
     params = inception.load_params(params_path, check_hash=False, cache=False, progress=False)
     batch = 32

@@ -38,7 +38,7 @@ import torch  # noqa: E402
 
 import _results  # noqa: E402
 import _torch_peers  # noqa: E402
-from jaxmetrics import inception  # noqa: E402
+from jaxmetrics.networks import inception  # noqa: E402
 from tests import _inception_fixtures as fixtures  # noqa: E402
 
 _CHECK_IMAGES = 32  # images in the precision table

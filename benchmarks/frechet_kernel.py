@@ -24,7 +24,7 @@ excluded); the peers run as their code does, in float64 on the CPU:
 Also measured: accuracy in the hard cases, fewer samples than dimensions (N = 1000 < d = 2048 on
 one or both sides, against the exact float64 FID from features) and identical or near-identical
 statistics (FID ~ 0, all cancellation); and, to document
-:class:`jaxmetrics.statistics.FeatureStats`, float32 streaming statistics of 50000 x 2048 features
+:class:`jaxmetrics.metrics.statistics.FeatureStats`, float32 streaming statistics of 50000 x 2048 features
 vs NumPy float64 and the FID difference they make.
 
 Writes ``benchmarks/results/frechet_kernel.json`` and ``.md``.
@@ -58,11 +58,11 @@ import torch  # noqa: E402
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import _results  # noqa: E402
-from jaxmetrics import frechet  # noqa: E402
-from jaxmetrics.frechet import FrechetReference  # noqa: E402
-from jaxmetrics.frechet import frechet_distance  # noqa: E402
-from jaxmetrics.frechet import frechet_distance_from_features  # noqa: E402
-from jaxmetrics.statistics import FeatureStats  # noqa: E402
+from jaxmetrics.metrics import frechet  # noqa: E402
+from jaxmetrics.metrics.frechet import FrechetReference  # noqa: E402
+from jaxmetrics.metrics.frechet import frechet_distance  # noqa: E402
+from jaxmetrics.metrics.frechet import frechet_distance_from_features  # noqa: E402
+from jaxmetrics.metrics.statistics import FeatureStats  # noqa: E402
 from tests._peers import torch_fidelity_metric_module  # noqa: E402
 from tests._reference import reference_fid  # noqa: E402
 

@@ -30,7 +30,8 @@ def _child(args):
   import jax
   import numpy as np
 
-  from jaxmetrics import extract, inception
+  from jaxmetrics.pipeline import extract
+  from jaxmetrics.networks import inception
   from tests import _inception_fixtures as fixtures
 
   devices = jax.devices()[:args.child]

@@ -27,8 +27,8 @@ import numpy as np
 import optax
 from skimage import data
 
-from jaxmetrics.reconstruction import ReconstructionState
-from jaxmetrics.reconstruction import reconstruction_error
+from jaxmetrics.metrics.reconstruction import ReconstructionState
+from jaxmetrics.metrics.reconstruction import reconstruction_error
 
 # name: (kind, options) of a ReconstructionState. The BCE state is fed logits, the others sigmoids.
 TRAIN_METRICS = {"bce": ("bce_logits", {}), "mse": ("mse", {}),

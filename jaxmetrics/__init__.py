@@ -1,42 +1,42 @@
 """jaxmetrics: evaluation metrics for generative image models, in JAX.
 
 The FID Inception-v3 as a Flax module that reproduces the TensorFlow reference network
-(:mod:`jaxmetrics.inception`), its weights registry (:mod:`jaxmetrics.weights`) and the metrics
+(:mod:`jaxmetrics.networks.inception`), its weights registry (:mod:`jaxmetrics.checkpoints.weights`) and the metrics
 built on it. What users call is re-exported here; other modules are free to change.
 """
 
-from jaxmetrics import clip
-from jaxmetrics import extract
-from jaxmetrics import inception
-from jaxmetrics import weights
+from jaxmetrics.networks import clip
+from jaxmetrics.pipeline import extract
+from jaxmetrics.networks import inception
+from jaxmetrics.checkpoints import weights
 from jaxmetrics._errors import CheckpointError
 from jaxmetrics._errors import InputError
 from jaxmetrics._errors import JaxmetricsError
 from jaxmetrics._errors import WeightsError
-from jaxmetrics.evaluation import Evaluator
-from jaxmetrics.evaluation import evaluate
-from jaxmetrics.evaluation import fid
-from jaxmetrics.evaluation import save_statistics
-from jaxmetrics.frechet import FrechetReference
-from jaxmetrics.frechet import frechet_distance
-from jaxmetrics.frechet import frechet_distance_from_features
-from jaxmetrics.inception import features
-from jaxmetrics.inception import load_params
-from jaxmetrics._inception_score import InceptionScoreState
-from jaxmetrics._inception_score import contiguous_split
-from jaxmetrics._inception_score import inception_score
-from jaxmetrics._kid import kid
-from jaxmetrics.reconstruction import ReconstructionState
-from jaxmetrics.reconstruction import psnr
-from jaxmetrics.reconstruction import reconstruction_error
-from jaxmetrics.reconstruction import ssim
-from jaxmetrics.semantic import ClipScore
-from jaxmetrics.semantic import SemanticSimilarity
-from jaxmetrics.semantic import clip_score
-from jaxmetrics.semantic import semantic_similarity
-from jaxmetrics.statistics import FeatureStats
-from jaxmetrics.statistics import load_stats
-from jaxmetrics.statistics import save_stats
+from jaxmetrics.pipeline.evaluation import Evaluator
+from jaxmetrics.pipeline.evaluation import evaluate
+from jaxmetrics.pipeline.evaluation import fid
+from jaxmetrics.pipeline.evaluation import save_statistics
+from jaxmetrics.metrics.frechet import FrechetReference
+from jaxmetrics.metrics.frechet import frechet_distance
+from jaxmetrics.metrics.frechet import frechet_distance_from_features
+from jaxmetrics.networks.inception import features
+from jaxmetrics.networks.inception import load_params
+from jaxmetrics.metrics.inception_score import InceptionScoreState
+from jaxmetrics.metrics.inception_score import contiguous_split
+from jaxmetrics.metrics.inception_score import inception_score
+from jaxmetrics.metrics.kid import kid
+from jaxmetrics.metrics.reconstruction import ReconstructionState
+from jaxmetrics.metrics.reconstruction import psnr
+from jaxmetrics.metrics.reconstruction import reconstruction_error
+from jaxmetrics.metrics.reconstruction import ssim
+from jaxmetrics.metrics.semantic import ClipScore
+from jaxmetrics.metrics.semantic import SemanticSimilarity
+from jaxmetrics.metrics.semantic import clip_score
+from jaxmetrics.metrics.semantic import semantic_similarity
+from jaxmetrics.metrics.statistics import FeatureStats
+from jaxmetrics.metrics.statistics import load_stats
+from jaxmetrics.metrics.statistics import save_stats
 
 __version__ = "0.1.0.dev0"
 

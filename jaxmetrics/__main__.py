@@ -2,6 +2,6 @@
 
 import sys
 
-from jaxmetrics.cli import main
+from jaxmetrics.pipeline.cli import main
 
 sys.exit(main())

@@ -42,7 +42,7 @@ VARIANTS = {
 
 
 # OpenAI's models follow one size rule -- 64-wide attention heads, MLP 4 × width -- from which
-# jaxmetrics.clip infers the config of an archive that has none; this variant obeys it.
+# jaxmetrics.networks.clip infers the config of an archive that has none; this variant obeys it.
 OPENAI_VARIANT = dict(
     vision=dict(hidden_size=128, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
                 image_size=32, patch_size=8, hidden_act="quick_gelu"),

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxmetrics import inception
+from jaxmetrics.networks import inception
 from tests import _inception_fixtures as fixtures
 from tests._reference import reference_fid_of_features
 

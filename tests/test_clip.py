@@ -22,8 +22,8 @@ import torch
 import transformers
 from PIL import Image
 
-from jaxmetrics import clip
-from jaxmetrics import weights
+from jaxmetrics.networks import clip
+from jaxmetrics.checkpoints import weights
 from jaxmetrics._errors import CheckpointError, InputError, WeightsError
 
 # Both sides run float32 through the same few layers in different summation orders; the bar is the

@@ -5,7 +5,7 @@ import pytest
 import scipy.linalg
 
 import jaxmetrics
-from jaxmetrics import inception
+from jaxmetrics.networks import inception
 from tests import _inception_fixtures as fixtures
 from tests._reference import reference_fid_of_features
 

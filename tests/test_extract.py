@@ -15,10 +15,10 @@ import pytest
 from jax.sharding import Mesh
 from PIL import Image
 
-from jaxmetrics import extract
-from jaxmetrics import inception
+from jaxmetrics.pipeline import extract
+from jaxmetrics.networks import inception
 from jaxmetrics._errors import InputError
-from jaxmetrics._inception_score import inception_score
+from jaxmetrics.metrics.inception_score import inception_score
 from tests import _inception_fixtures as fixtures
 
 N, SIDE, BATCH = 21, 16, 8

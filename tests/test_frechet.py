@@ -20,9 +20,9 @@ import scipy.linalg
 from tests._peers import torch_fidelity_metric_module
 from tests._reference import reference_fid as _reference_fid
 from jaxmetrics._errors import InputError
-from jaxmetrics.frechet import FrechetReference
-from jaxmetrics.frechet import frechet_distance
-from jaxmetrics.frechet import frechet_distance_from_features
+from jaxmetrics.metrics.frechet import FrechetReference
+from jaxmetrics.metrics.frechet import frechet_distance
+from jaxmetrics.metrics.frechet import frechet_distance_from_features
 
 D = 128
 F32_TOL = 32 * np.finfo(np.float32).eps
@@ -149,7 +149,7 @@ def test_covariance_factor_route():
   finite factor) and another fails with NaN (seen on an AVX2 AMD machine). Both must land on the
   eigh factor, recognisable as the dense one (a Cholesky factor is lower triangular).
   """
-  from jaxmetrics.frechet import _covariance_factor
+  from jaxmetrics.metrics.frechet import _covariance_factor
 
   def route(x):
     sigma = jnp.asarray(np.cov(x, rowvar=False), jnp.float32)

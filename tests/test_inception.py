@@ -9,9 +9,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from PIL import Image
 
-from jaxmetrics import inception
-from jaxmetrics import resize as resize_lib
-from jaxmetrics import weights
+from jaxmetrics.networks import inception
+from jaxmetrics.networks import resize as resize_lib
+from jaxmetrics.checkpoints import weights
 from jaxmetrics._errors import CheckpointError, InputError, WeightsError
 from tests import _inception_fixtures as fixtures
 from tests._peers import torch_fidelity_module

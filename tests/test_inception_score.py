@@ -9,7 +9,7 @@ from scipy.special import softmax
 
 from tests._peers import torch_fidelity_metric_module
 from jaxmetrics._errors import InputError
-from jaxmetrics._inception_score import (InceptionScoreState, _update, contiguous_split,
+from jaxmetrics.metrics.inception_score import (InceptionScoreState, _update, contiguous_split,
                                         inception_score)
 
 # float32 vs the peer's float64: each row's Σ p log p carries ~1e-7 relative rounding, which moves

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from jaxmetrics import _kid as kid_lib
+from jaxmetrics.metrics import kid as kid_lib
 from jaxmetrics._errors import InputError
-from jaxmetrics._kid import kid
+from jaxmetrics.metrics.kid import kid
 from tests._peers import torch_fidelity_metric_module
 
 # float32: MMD² is a difference of kernel means of size ~(γ|x|² + coef0)^degree ≈ 8 here, each
@@ -168,7 +168,7 @@ def test_float64_kid_where_float32_cancels():
   (measured 4.3e-3 here on the CPU; 1.8e-3 on an H100 at 2560 rows), which the first assertion
   checks so that the second has teeth. float64: the textbook value to 1e-9 (4e-12 measured).
   """
-  from jaxmetrics.evaluation import float64_kid
+  from jaxmetrics.pipeline.evaluation import float64_kid
   rng = np.random.default_rng(3)
   n, d = 600, 64
   x = (rng.normal(size=(n, d)) * 3 + 20).astype(np.float32)

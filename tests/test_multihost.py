@@ -2,7 +2,7 @@
 
 This file is also the worker: ``python -m tests.test_multihost WORKER PARAMS IMAGES OUT`` runs one
 process of the group (the test starts two). Each worker joins through
-:func:`jaxmetrics.extract.initialize` from the ``JAX_*`` environment variables, then extracts
+:func:`jaxmetrics.pipeline.extract.initialize` from the ``JAX_*`` environment variables, then extracts
 
 A. an ``.npy`` file of 7 rows with a global batch of 4: steps of rows [0, 4) and [4, 7), so in the
    second step process 0 reads rows 4 and 5 and process 1 row 6 plus a masked pad (uneven shards);
@@ -80,7 +80,7 @@ def test_two_processes_agree_with_one(inception_checkpoints, tmp_path):
     # Features come back in source order (A) or step by step, process by process (B).
     test_extract.assert_close(result[f"{run}_features"], pool3[order], 1e-5)
   np.testing.assert_array_equal(result["A_index"], np.arange(N))
-  from jaxmetrics._inception_score import inception_score
+  from jaxmetrics.metrics.inception_score import inception_score
   test_extract.assert_scores_close(result["A_inception_score"],
                                    inception_score(result["A_logits_unbiased"], 3))
 
@@ -90,10 +90,10 @@ def test_two_processes_agree_with_one(inception_checkpoints, tmp_path):
 
 
 def _worker(params_path, images_path, out_path):
-  from jaxmetrics import extract  # pylint: disable=import-outside-toplevel
+  from jaxmetrics.pipeline import extract  # pylint: disable=import-outside-toplevel
   assert extract.initialize(), "expected a multi-process run"
   import jax  # pylint: disable=import-outside-toplevel
-  from jaxmetrics import inception  # pylint: disable=import-outside-toplevel
+  from jaxmetrics.networks import inception  # pylint: disable=import-outside-toplevel
   from jaxmetrics._errors import InputError  # pylint: disable=import-outside-toplevel
 
   jax.config.update("jax_numpy_dtype_promotion", "strict")

@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 import jaxmetrics
-from jaxmetrics import inception
+from jaxmetrics.networks import inception
 from tests import _inception_fixtures as fixtures
 from tests._peers import pytorch_fid_frechet
 from tests._peers import pytorch_fid_module

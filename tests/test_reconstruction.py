@@ -15,8 +15,8 @@ from skimage.metrics import peak_signal_noise_ratio as sk_psnr
 from skimage.metrics import structural_similarity as sk_ssim
 
 from jaxmetrics._errors import InputError
-from jaxmetrics import reconstruction as rec
-from jaxmetrics.reconstruction import ReconstructionState, psnr, reconstruction_error, ssim
+from jaxmetrics.metrics import reconstruction as rec
+from jaxmetrics.metrics.reconstruction import ReconstructionState, psnr, reconstruction_error, ssim
 from tests._peers import torchmetrics_module
 
 # float32 against a float64 computation: each element carries ~6e-8 relative rounding and the mean

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 import torch
 
-from jaxmetrics import clip
+from jaxmetrics.networks import clip
 from jaxmetrics._errors import InputError
-from jaxmetrics.semantic import clip_score
-from jaxmetrics.semantic import mean_pairwise_cosine
-from jaxmetrics.semantic import semantic_similarity
+from jaxmetrics.metrics.semantic import clip_score
+from jaxmetrics.metrics.semantic import mean_pairwise_cosine
+from jaxmetrics.metrics.semantic import semantic_similarity
 from tests._clip_fixtures import TEXTS
 from tests._clip_fixtures import make_checkpoint
 from tests._inception_fixtures import test_images

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from jaxmetrics import sources
+from jaxmetrics.pipeline import sources
 from jaxmetrics._errors import InputError
 from tests import _inception_fixtures as fixtures
 
@@ -250,7 +250,8 @@ class _FakeDataset:
 
 
 def test_tfds_source_reads_the_split_in_order(monkeypatch, inception_checkpoints):
-  from jaxmetrics import extract, inception
+  from jaxmetrics.pipeline import extract
+  from jaxmetrics.networks import inception
   images = np.random.default_rng(0).integers(0, 256, (11, 16, 16, 3), dtype=np.uint8)
   fake = _FakeTfds(images)
   monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)

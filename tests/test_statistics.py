@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxmetrics import statistics
+from jaxmetrics.metrics import statistics
 from jaxmetrics._errors import InputError
-from jaxmetrics.statistics import FeatureStats
-from jaxmetrics.statistics import load_stats
-from jaxmetrics.statistics import save_stats
+from jaxmetrics.metrics.statistics import FeatureStats
+from jaxmetrics.metrics.statistics import load_stats
+from jaxmetrics.metrics.statistics import save_stats
 
 D = 32
 EPS32 = float(np.finfo(np.float32).eps)

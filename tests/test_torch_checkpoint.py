@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from jaxmetrics import torch_checkpoint
+from jaxmetrics.checkpoints import torch_checkpoint
 from jaxmetrics._errors import CheckpointError
 
 FORMATS = ("zip", "legacy")
@@ -338,7 +338,7 @@ def test_dtypes_without_numpy_form_are_refused(tmp_path):
 
 
 def test_reader_does_not_import_torch():
-  code = "import sys, jaxmetrics.torch_checkpoint; print('torch' in sys.modules)"
+  code = "import sys, jaxmetrics.checkpoints.torch_checkpoint; print('torch' in sys.modules)"
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
   result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import jaxmetrics
-from jaxmetrics import inception
-from jaxmetrics.evaluation import Evaluator
+from jaxmetrics.networks import inception
+from jaxmetrics.pipeline.evaluation import Evaluator
 from tests import _inception_fixtures as fixtures
 from tests._peers import torchmetrics_module
 

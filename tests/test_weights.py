@@ -1,4 +1,4 @@
-"""Tests of jaxmetrics.weights: the manifest, the cache location, download, verification and fetch.
+"""Tests of jaxmetrics.checkpoints.weights: the manifest, the cache location, download, verification and fetch.
 
 No real network: a local HTTP server on 127.0.0.1 serves a 4 KiB file and counts the requests.
 """
@@ -12,7 +12,7 @@ import types
 
 import pytest
 
-from jaxmetrics import weights
+from jaxmetrics.checkpoints import weights
 from jaxmetrics._errors import WeightsError
 
 PAYLOAD = bytes(range(256)) * 16

@@ -33,7 +33,7 @@ error, like torch-fidelity's own (measured: both within 5e-7 of float64 on 2048-
 float64 it agrees with torch-fidelity given float64 features to ~1e-14 relative. Where the kernel
 values are far larger than MMD² (random-weight features of RMS ~20: kernels ~6e7, MMD² ~3e4)
 float32 loses ~1e-3 relative, so ``evaluate`` and the CLI compute KID in float64
-(:func:`jaxmetrics.evaluation.float64_kid`).
+(:func:`jaxmetrics.pipeline.evaluation.float64_kid`).
 """
 
 import functools

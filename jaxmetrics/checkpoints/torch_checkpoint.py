@@ -31,7 +31,7 @@ for it.
 
 Example::
 
-  from jaxmetrics import torch_checkpoint
+  from jaxmetrics.checkpoints import torch_checkpoint
   params = torch_checkpoint.load_state_dict("pt_inception-2015-12-05-6726825d.pth")
   params["fc.weight"].shape   # (1008, 2048), float32
 """

@@ -4,7 +4,7 @@ The registry is ``weights/manifest.json``, shipped as ``jaxmetrics._manifest/man
 ``weights/README.md`` for the provenance of each file. A checkpoint is cached at
 ``cache_dir() / name / filename``::
 
-  from jaxmetrics import weights
+  from jaxmetrics.checkpoints import weights
   path = weights.fetch()                      # downloads once, then reuses the cached file
   path = weights.fetch(path="my.pth")         # a local copy, checked against the registry's sha256
   path = weights.fetch(path="tuned.pth", check_hash=False)   # deliberately different weights
@@ -92,7 +92,7 @@ def _read_manifest() -> tuple[str, str]:
       return str(resource), resource.read_text(encoding="utf-8")
   # A source checkout on PYTHONPATH has no jaxmetrics._manifest: pyproject.toml maps weights/ to
   # that package only when the wheel is built.
-  path = pathlib.Path(__file__).resolve().parent.parent / "weights" / "manifest.json"
+  path = pathlib.Path(__file__).resolve().parents[2] / "weights" / "manifest.json"
   try:
     return str(path), path.read_text(encoding="utf-8")
   except OSError as e:
@@ -160,7 +160,7 @@ def _resolve(name_or_checkpoint) -> Checkpoint:
   if isinstance(name_or_checkpoint, str):
     return get(name_or_checkpoint)
   raise InputError(
-      "expected a checkpoint name (str) or a jaxmetrics.weights.Checkpoint, got"
+      "expected a checkpoint name (str) or a jaxmetrics.checkpoints.weights.Checkpoint, got"
       f" {type(name_or_checkpoint).__name__}"
   )
 
@@ -344,7 +344,7 @@ def verify(name_or_checkpoint, path=None) -> pathlib.Path:
   in_cache = path is None
   path = cached_path(ckpt) if in_cache else pathlib.Path(path).expanduser()
   if not path.is_file():
-    hint = f"; call jaxmetrics.weights.download({ckpt.name!r})" if in_cache else ""
+    hint = f"; call jaxmetrics.checkpoints.weights.download({ckpt.name!r})" if in_cache else ""
     raise WeightsError(
         f"{path}: no such file; expected the {ckpt.name!r} checkpoint ({ckpt.size} bytes){hint}"
     )

@@ -24,7 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmetrics import frechet
+from jaxmetrics.metrics import frechet
 from jaxmetrics._errors import InputError
 
 

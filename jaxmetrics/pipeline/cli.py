@@ -30,10 +30,10 @@ import warnings
 
 import numpy as np
 
-from jaxmetrics import weights
+from jaxmetrics.checkpoints import weights
 from jaxmetrics._errors import InputError, JaxmetricsError
 from jaxmetrics._io import save_npz_atomic
-from jaxmetrics.resize import RESIZE_MODES
+from jaxmetrics.networks.resize import RESIZE_MODES
 
 
 def _parser():
@@ -158,7 +158,9 @@ def _positive_int(text):
 
 
 def _features(args):
-  from jaxmetrics import extract, inception, sources  # JAX starts only for commands that need it.
+  from jaxmetrics.pipeline import extract
+  from jaxmetrics.networks import inception
+  from jaxmetrics.pipeline import sources  # JAX starts only for commands that need it.
 
   if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
     raise InputError(f"--output {args.output}: its folder does not exist")
@@ -205,7 +207,7 @@ def _evaluator_options(args):
 
 
 def _metric(args):
-  from jaxmetrics import evaluation  # JAX starts only for commands that need it.
+  from jaxmetrics.pipeline import evaluation  # JAX starts only for commands that need it.
 
   two = getattr(args, "b", None) is not None
   results = evaluation.evaluate(
@@ -238,7 +240,7 @@ def _count(n):
 
 
 def _stats(args):
-  from jaxmetrics import evaluation
+  from jaxmetrics.pipeline import evaluation
 
   if not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
     raise InputError(f"--output {args.output}: its folder does not exist")
@@ -251,7 +253,9 @@ def _stats(args):
 
 
 def _semsim(args):
-  from jaxmetrics import clip, semantic, sources  # JAX starts only for commands that need it.
+  from jaxmetrics.networks import clip
+  from jaxmetrics.metrics import semantic
+  from jaxmetrics.pipeline import sources  # JAX starts only for commands that need it.
 
   root = pathlib.Path(args.source)
   if not root.is_dir():

@@ -1,21 +1,21 @@
 """Feature extraction over every device and host: the Inception pass behind FID, IS and KID.
 
-:func:`extract` streams a source (:func:`jaxmetrics.sources.open_source`: a folder, an ``.npy`` /
+:func:`extract` streams a source (:func:`jaxmetrics.pipeline.sources.open_source`: a folder, an ``.npy`` /
 ``.npz`` file, an array, an iterable of batches) through the FID Inception-v3 and returns the
-sufficient statistics of its features: :class:`~jaxmetrics.statistics.FeatureStats` (FID) and
+sufficient statistics of its features: :class:`~jaxmetrics.metrics.statistics.FeatureStats` (FID) and
 :class:`~jaxmetrics.InceptionScoreState` (IS), plus, on request, the features
 themselves (KID, per-sample metrics).
 
 Example::
 
   params = jaxmetrics.load_params()
-  result = jaxmetrics.extract.extract("samples/", params)
+  result = jaxmetrics.pipeline.extract.extract("samples/", params)
   fid = jaxmetrics.frechet_distance(result.stats.mean, result.stats.covariance(),
-                                    *jaxmetrics.statistics.load_stats("reference.npz"))
+                                    *jaxmetrics.metrics.statistics.load_stats("reference.npz"))
   is_mean, is_std = result.inception_score.compute()
 
 How it runs. One compiled step takes ``(state, params, batch)`` and returns the new state: uint8
-images → resize to 299×299 (:mod:`jaxmetrics.resize`) → network → ``FeatureStats.update(pool3,
+images → resize to 299×299 (:mod:`jaxmetrics.networks.resize`) → network → ``FeatureStats.update(pool3,
 mask)`` and ``InceptionScoreState.update(logits_unbiased, mask, split)``. The batch is sharded on
 its leading axis over a 1-D :class:`~jax.sharding.Mesh` of every device of every process (axis
 ``"data"``); parameters and state are replicated, so XLA inserts the cross-device all-reduce and
@@ -59,7 +59,7 @@ The evaluation script is the same on every host; only the launcher differs::
   # evaluate.py
   import jax
   import jaxmetrics
-  from jaxmetrics import extract
+  from jaxmetrics.pipeline import extract
 
   extract.initialize()          # before any other JAX call; a no-op on a single machine
   params = jaxmetrics.load_params()
@@ -104,14 +104,14 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
-from jaxmetrics import inception
-from jaxmetrics import resize as _resize
-from jaxmetrics import sources
+from jaxmetrics.networks import inception
+from jaxmetrics.networks import resize as _resize
+from jaxmetrics.pipeline import sources
 from jaxmetrics._errors import InputError
 from jaxmetrics._inputs import check_precision
-from jaxmetrics._inception_score import InceptionScoreState
-from jaxmetrics._inception_score import contiguous_split
-from jaxmetrics.statistics import FeatureStats
+from jaxmetrics.metrics.inception_score import InceptionScoreState
+from jaxmetrics.metrics.inception_score import contiguous_split
+from jaxmetrics.metrics.statistics import FeatureStats
 
 PER_DEVICE_BATCH = 32
 
@@ -190,17 +190,17 @@ def extract(source, params, *, batch_size=None, resize="tf1", precision="highest
   """Inception statistics (and optionally features) of every image of a source, on all devices.
 
   Args:
-    source: anything :func:`jaxmetrics.sources.open_source` accepts (a folder, an ``.npy`` or
+    source: anything :func:`jaxmetrics.pipeline.sources.open_source` accepts (a folder, an ``.npy`` or
       ``.npz`` path, an ``(N, H, W, 3)`` uint8 or [0, 1] float array, an iterable of batches) or
-      an opened :class:`~jaxmetrics.sources.Source` (not closed here). All images need one size.
-    params: from :func:`jaxmetrics.inception.load_params` (host arrays are replicated onto the
+      an opened :class:`~jaxmetrics.pipeline.sources.Source` (not closed here). All images need one size.
+    params: from :func:`jaxmetrics.networks.inception.load_params` (host arrays are replicated onto the
       mesh; arrays already replicated there are used as they are).
     batch_size: global images per step, over all devices and processes; rounded up to a multiple
       of the number of devices. Default ``32 ×`` the number of devices.
     resize: ``"tf1"`` (default), ``"pytorch"``, ``"clean"`` or ``"torchmetrics"``; see
-      :mod:`jaxmetrics.resize`.
+      :mod:`jaxmetrics.networks.resize`.
     precision: ``"highest"`` (default), ``"high"`` or ``"default"``; see
-      :func:`jaxmetrics.inception.features`.
+      :func:`jaxmetrics.networks.inception.features`.
     num_samples: use only the first ``num_samples`` rows (an error if the source has fewer). For
       an iterable it is the total over all processes, and gives contiguous IS splits.
     keep_features: ``True`` keeps the pool3 features, or name the outputs to keep

@@ -20,8 +20,8 @@ agree to.
 
 Example::
 
-  params = jaxmetrics.inception.load_params()            # downloads + verifies sha256 once
-  out = jaxmetrics.inception.features(params, images)    # uint8 (N, H, W, 3)
+  params = jaxmetrics.networks.inception.load_params()            # downloads + verifies sha256 once
+  out = jaxmetrics.networks.inception.features(params, images)    # uint8 (N, H, W, 3)
   out["pool3"].shape                                     # (N, 2048)
 
 Intermediate maps (sFID uses Mixed_6 features) are available without changing the module through
@@ -38,10 +38,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmetrics import _params
-from jaxmetrics import resize as _resize
-from jaxmetrics import torch_checkpoint
-from jaxmetrics import weights
+from jaxmetrics.checkpoints import _params
+from jaxmetrics.networks import resize as _resize
+from jaxmetrics.checkpoints import torch_checkpoint
+from jaxmetrics.checkpoints import weights
 from jaxmetrics._errors import CheckpointError, InputError, WeightsError
 from jaxmetrics._inputs import PRECISIONS, batched, check_batch_size, check_images, check_precision
 from jaxmetrics._io import save_npz_atomic
@@ -429,7 +429,7 @@ def features(params, images, *, resize="tf1", precision="highest", batch_size=No
     images: ``(N, H, W, 3)`` uint8 (0..255) or float ([0, 1], not quantised) images, any size.
     resize: ``"tf1"`` (the TF reference; default), ``"pytorch"`` (pytorch-fid), ``"clean"``
       (clean-fid) or ``"torchmetrics"`` (its ``antialias=True`` default); see
-      :mod:`jaxmetrics.resize`.
+      :mod:`jaxmetrics.networks.resize`.
     precision: ``"highest"`` (default; full float32), ``"high"`` or ``"default"`` (TF32 or
       bfloat16 passes on accelerators: faster, features move by ~1e-3).
     batch_size: evaluate in chunks of this many images, padding the last chunk, so any N

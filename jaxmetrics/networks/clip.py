@@ -46,12 +46,12 @@ them to against ``transformers``.
 
 Example::
 
-  model = jaxmetrics.clip.load("clip-vit-base-patch32/")  # model.safetensors, config.json, ...
-  img = jaxmetrics.clip.image_embeddings(model, images)   # uint8 (N, H, W, 3), any size: (N, 512)
-  txt = jaxmetrics.clip.text_embeddings(model, ["a photo of a cat"])            # (1, 512)
+  model = jaxmetrics.networks.clip.load("clip-vit-base-patch32/")  # model.safetensors, config.json, ...
+  img = jaxmetrics.networks.clip.image_embeddings(model, images)   # uint8 (N, H, W, 3), any size: (N, 512)
+  txt = jaxmetrics.networks.clip.text_embeddings(model, ["a photo of a cat"])            # (1, 512)
 
   # OpenAI's ViT-B/32, downloaded once and checked against its sha256; text needs a tokenizer.
-  model = jaxmetrics.clip.load(tokenizer="clip-vit-base-patch32/tokenizer.json")
+  model = jaxmetrics.networks.clip.load(tokenizer="clip-vit-base-patch32/tokenizer.json")
 """
 
 import dataclasses
@@ -67,10 +67,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmetrics import _params
-from jaxmetrics import resize as _resize
-from jaxmetrics import torch_checkpoint
-from jaxmetrics import weights
+from jaxmetrics.checkpoints import _params
+from jaxmetrics.networks import resize as _resize
+from jaxmetrics.checkpoints import torch_checkpoint
+from jaxmetrics.checkpoints import weights
 from jaxmetrics._errors import CheckpointError, InputError
 from jaxmetrics._inputs import PRECISIONS, batched, check_batch_size, check_images, check_precision
 
@@ -671,7 +671,7 @@ def _require(module, package):
 
 def read_tensors(path):
   """Reads a ``.safetensors`` file (with the ``safetensors`` package) or a torch ``.bin``/``.pt``/
-  ``.pth`` state dict (with :mod:`jaxmetrics.torch_checkpoint`, no torch) into NumPy arrays."""
+  ``.pth`` state dict (with :mod:`jaxmetrics.checkpoints.torch_checkpoint`, no torch) into NumPy arrays."""
   path = pathlib.Path(path)
   if path.suffix != ".safetensors":
     return torch_checkpoint.load_state_dict(path)
@@ -775,7 +775,7 @@ def load(path=None, *, name=None, config=None, tokenizer=None, check_hash=True, 
     is_open_clip = "model_cfg" in config or "vision_cfg" in config
     config = (Config.from_open_clip if is_open_clip else Config.from_hf)(config, source)
   if not isinstance(config, Config):
-    raise InputError(f"config: expected a path, a dict or a jaxmetrics.clip.Config, got "
+    raise InputError(f"config: expected a path, a dict or a jaxmetrics.networks.clip.Config, got "
                      f"{type(config).__name__}")
   params = convert_state_dict(state_dict, config, source=str(weights_file))
   if tokenizer is None and folder is not None and (folder / TOKENIZER_FILE).is_file():
@@ -844,7 +844,7 @@ def _float_pass(x, axis, out_size, start, count):
 def _pass_order(height, width, out_h, out_w, top, left):
   """``(axis, output size, first output kept)`` of the two passes, in Pillow's order.
 
-  See :func:`jaxmetrics.resize.pil_horizontal_first` (Pillow 13's ``ImagingResampleInner``). The
+  See :func:`jaxmetrics.networks.resize.pil_horizontal_first` (Pillow 13's ``ImagingResampleInner``). The
   order matters for uint8 images, rounded to 8 bits between the passes. A side already at its size
   is not resampled, as in Pillow.
   """
@@ -956,7 +956,7 @@ def _text_forward(params, tokens, config, precision="highest"):
 
 def _check_model(model):
   if not isinstance(model, Model):
-    raise InputError(f"model: expected a jaxmetrics.clip.Model from jaxmetrics.clip.load(...), got "
+    raise InputError(f"model: expected a jaxmetrics.networks.clip.Model from jaxmetrics.networks.clip.load(...), got "
                      f"{type(model).__name__}")
 
 
@@ -1009,7 +1009,7 @@ def text_embeddings(model, texts, *, batch_size=None, precision="highest"):
   if isinstance(texts, (list, tuple, str)):
     if model.tokenizer is None:
       raise InputError("texts: this model has no tokenizer (OpenAI's .pt archives carry none, and "
-                       "no tokenizer.json was beside the weights); pass jaxmetrics.clip.load(..., "
+                       "no tokenizer.json was beside the weights); pass jaxmetrics.networks.clip.load(..., "
                        "tokenizer='tokenizer.json') (Hugging Face's openai/clip-vit-base-patch32 "
                        "has the one every OpenAI CLIP uses), or pass integer token ids")
     tokens = tokenize(model.tokenizer, texts, length=config.max_length)

@@ -2,7 +2,7 @@
 
 Host-only (file I/O and decoding with Pillow). :func:`open_source` turns what a user has into a
 :class:`Source`: rows of images of one shape, read by row range, so that extraction
-(:mod:`jaxmetrics.extract`) streams any number of them in fixed-size batches without holding them
+(:mod:`jaxmetrics.pipeline.extract`) streams any number of them in fixed-size batches without holding them
 all in memory.
 
 ==========================================  ===================================================

@@ -30,15 +30,15 @@ import warnings
 import jax
 import numpy as np
 
-from jaxmetrics import extract as _extract
-from jaxmetrics import inception
-from jaxmetrics import sources
-from jaxmetrics import weights
+from jaxmetrics.pipeline import extract as _extract
+from jaxmetrics.networks import inception
+from jaxmetrics.pipeline import sources
+from jaxmetrics.checkpoints import weights
 from jaxmetrics._errors import InputError
 from jaxmetrics._io import save_npz_atomic
-from jaxmetrics.frechet import frechet_distance
-from jaxmetrics._kid import kid as _kid
-from jaxmetrics.statistics import load_stats
+from jaxmetrics.metrics.frechet import frechet_distance
+from jaxmetrics.metrics.kid import kid as _kid
+from jaxmetrics.metrics.statistics import load_stats
 
 METRICS = ("fid", "is", "kid")
 # Below this many samples the 2048×2048 covariance is singular and FID strongly biased; the
@@ -77,7 +77,7 @@ class Evaluator:
     params: parameters already loaded (:func:`jaxmetrics.load_params`), used instead of
       ``weights``; the cache then keys them by the sha256 of their arrays.
     resize, precision, batch_size, num_samples, image_size, splits: as in
-      :func:`jaxmetrics.extract.extract`.
+      :func:`jaxmetrics.pipeline.extract.extract`.
     cache: read and write the statistics cache (see the module docstring).
     progress: show progress bars.
   """
@@ -299,7 +299,7 @@ def save_statistics(source, path, **kwargs):
 
   Keyword arguments are those of :class:`Evaluator`. Returns the :class:`SourceStatistics`.
   """
-  from jaxmetrics.statistics import save_stats
+  from jaxmetrics.metrics.statistics import save_stats
   stats = Evaluator(**kwargs).statistics(source)
   save_stats(path, stats.mu, stats.sigma)
   return stats

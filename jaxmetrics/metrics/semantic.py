@@ -21,11 +21,11 @@ torchmetrics' docstring writes ``max(100·cos, 0)`` per pair, but its ``CLIPScor
 ``clip_score`` clamp the *mean*; we return that number, and the unclamped per-pair values. (The
 paper's ``w = 2.5`` rescaling is a different quantity.)
 
-Both accept images (embedded with :mod:`jaxmetrics.clip`) or precomputed embeddings.
+Both accept images (embedded with :mod:`jaxmetrics.networks.clip`) or precomputed embeddings.
 
 Example::
 
-  model = jaxmetrics.clip.load("clip-vit-base-patch32/")
+  model = jaxmetrics.networks.clip.load("clip-vit-base-patch32/")
   out = semantic_similarity({"a red cube": images_a, "a cat": images_b}, model=model)
   out.score, out.per_prompt["a cat"]
   clip_score(images, ["a red cube", ...], model=model).score
@@ -35,7 +35,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxmetrics import clip as _clip
+from jaxmetrics.networks import clip as _clip
 from jaxmetrics._errors import InputError
 
 __all__ = ["ClipScore", "SemanticSimilarity", "clip_score", "mean_pairwise_cosine",
@@ -77,7 +77,7 @@ def _is_embeddings(x, name):
 
 def _embed_images(images, model, name, batch_size, precision, crop):
   if model is None:
-    raise InputError(f"{name}: images need a CLIP model: pass model=jaxmetrics.clip.load(PATH), or "
+    raise InputError(f"{name}: images need a CLIP model: pass model=jaxmetrics.networks.clip.load(PATH), or "
                      "pass embeddings (N, D)")
   return _clip.image_embeddings(model, images, batch_size=batch_size, precision=precision,
                                 crop=crop)
@@ -121,8 +121,8 @@ def semantic_similarity(images_by_prompt, *, model=None, batch_size=None, precis
       precomputed CLIP image embeddings ``(N_p, D)`` (normalised or not). Every group needs
       N_p ≥ 2: one sample forms no pair, so its similarity is undefined. Such a group is an error,
       not skipped or scored 100, because either would silently change the average over prompts.
-    model: a :class:`jaxmetrics.clip.Model`; needed only for groups of images.
-    batch_size, precision, crop: passed to :func:`jaxmetrics.clip.image_embeddings`. With a
+    model: a :class:`jaxmetrics.networks.clip.Model`; needed only for groups of images.
+    batch_size, precision, crop: passed to :func:`jaxmetrics.networks.clip.image_embeddings`. With a
       batch size, groups of different N_p (and equal H, W) share one compilation.
 
   Returns:
@@ -164,7 +164,7 @@ def clip_score(images, texts, *, model=None, batch_size=None, precision="highest
     texts: N strings (tokenized with ``model.tokenizer``; longer ones truncated to the context
       length, keeping the end-of-text token), integer token ids ``(N, L)``, or float CLIP text
       embeddings ``(N, D)``.
-    model: a :class:`jaxmetrics.clip.Model`; needed unless both sides are embeddings.
+    model: a :class:`jaxmetrics.networks.clip.Model`; needed unless both sides are embeddings.
     batch_size, precision: passed to the embedding functions; ``crop`` to the image one.
 
   Returns:
@@ -175,7 +175,7 @@ def clip_score(images, texts, *, model=None, batch_size=None, precision="highest
   token_ids = hasattr(texts, "dtype") and np.issubdtype(np.dtype(texts.dtype), np.integer)
   if isinstance(texts, (list, tuple, str)) or token_ids:
     if model is None:
-      raise InputError("texts: strings need a CLIP model: pass model=jaxmetrics.clip.load(PATH), "
+      raise InputError("texts: strings need a CLIP model: pass model=jaxmetrics.networks.clip.load(PATH), "
                        "or pass embeddings (N, D)")
     if not isinstance(texts, str) and len(texts) != images.shape[0]:
       raise InputError(f"texts: expected one text per image ({images.shape[0]}), got {len(texts)}")
