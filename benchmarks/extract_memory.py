@@ -21,6 +21,7 @@ Writes benchmarks/results/extract_memory.{json,md}.
 """
 
 import argparse
+import dataclasses
 import json
 import os
 import pathlib
@@ -66,8 +67,9 @@ def _child(kind, n, data, params_path):
     params = inception.load_params(params_path, check_hash=False, cache=False, progress=False)
     batch = 32
   else:
-    inception.forward = _stand_in_forward
     params, batch = {}, BATCH
+  network = (inception.NETWORK if params_path else
+             dataclasses.replace(inception.NETWORK, name="stand-in", forward=_stand_in_forward))
   block = np.random.default_rng(0).integers(0, 256, (BATCH, SIDE, SIDE, 3), dtype=np.uint8)
 
   def generator():
@@ -78,7 +80,7 @@ def _child(kind, n, data, params_path):
   # Compile and warm up on a small array first: every row then pays the same fixed cost (the
   # runtime, the weights, the compiled step and one step's buffers), and the rows differ only in
   # what the stream itself holds.
-  extract.extract(block[:batch], params, batch_size=batch, progress=False)
+  extract.extract(block[:batch], params, network=network, batch_size=batch, progress=False)
   peak = {"RssAnon": 0, "RssFile": 0}
   running = True
 
@@ -92,7 +94,7 @@ def _child(kind, n, data, params_path):
   sampler = threading.Thread(target=sample, daemon=True)
   sampler.start()
   start = time.perf_counter()
-  result = extract.extract(source, params, batch_size=batch, progress=False)
+  result = extract.extract(source, params, network=network, batch_size=batch, progress=False)
   seconds = time.perf_counter() - start
   running = False
   sampler.join()

@@ -98,12 +98,25 @@ def torch_fidelity_extractor(path):
 
 
 def torch_fidelity_features(extractor, images):
-  """Runs the peer on uint8 NHWC images (it wants uint8 NCHW and resizes with TF1 itself)."""
+  """Runs the peer on uint8 NHWC images (it wants uint8 NCHW and resizes with TF1 itself).
+
+  ``spatial`` is guided-diffusion's sFID feature read off the peer's own network: a forward hook on
+  ``Mixed_6d.branch1x1`` (the module torch-fidelity's converter fills from the TF graph's
+  ``mixed_6/conv``; its forward ends with the ReLU), first 7 channels, flattened in NHWC order as
+  the evaluator reshapes the TF tensor.
+  """
   device = next(extractor.parameters()).device
-  with torch.no_grad():
-    outputs = extractor(torch.from_numpy(images).to(device).permute(0, 3, 1, 2).contiguous())
+  captured = []
+  hook = extractor.Mixed_6d.branch1x1.register_forward_hook(
+      lambda module, inputs, output: captured.append(output))
+  try:
+    with torch.no_grad():
+      outputs = extractor(torch.from_numpy(images).to(device).permute(0, 3, 1, 2).contiguous())
+  finally:
+    hook.remove()
   pool3, unbiased, logits = (x.cpu().numpy() for x in outputs)
-  return {"pool3": pool3, "logits_unbiased": unbiased, "logits": logits}
+  spatial = captured[0][:, :7].permute(0, 2, 3, 1).reshape(len(images), -1).cpu().numpy()
+  return {"pool3": pool3, "logits_unbiased": unbiased, "logits": logits, "spatial": spatial}
 
 
 def pytorch_fid_model(path):

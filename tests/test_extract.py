@@ -5,6 +5,7 @@ use ~20 tiny images; all of them share one image size (16×16), one global batch
 kept outputs, so the whole file compiles the sharded step once.
 """
 
+import dataclasses
 import functools
 import tracemalloc
 
@@ -18,7 +19,10 @@ from PIL import Image
 from jaxmetrics.pipeline import extract
 from jaxmetrics.networks import inception
 from jaxmetrics._errors import InputError
+from jaxmetrics.metrics.inception_score import InceptionScoreState
 from jaxmetrics.metrics.inception_score import inception_score
+from jaxmetrics.metrics.statistics import FeatureBuffer
+from jaxmetrics.metrics.statistics import FeatureStats
 from tests import _inception_fixtures as fixtures
 
 N, SIDE, BATCH = 21, 16, 8
@@ -111,6 +115,46 @@ def test_eight_devices_match_one_and_compile_once(params_path):
                       inception_score(result.outputs["logits_unbiased"], 3))
 
 
+def _adm_inception_score(logits, split_size):
+  """guided-diffusion's Evaluator.compute_inception_score in float64: parts of ``split_size`` rows
+  in order (the last one shorter), mean over parts (evaluations/evaluator.py)."""
+  logits = np.asarray(logits, np.float64)
+  preds = np.exp(logits - logits.max(axis=1, keepdims=True))
+  preds /= preds.sum(axis=1, keepdims=True)
+  scores = []
+  for i in range(0, len(preds), split_size):
+    part = preds[i:i + split_size]
+    kl = part * (np.log(part) - np.log(np.expand_dims(np.mean(part, 0), 0)))
+    scores.append(np.exp(np.mean(np.sum(kl, 1))))
+  return float(np.mean(scores))
+
+
+def test_any_feature_into_any_state(params_path):
+  """One sharded pass (8 devices) feeding sFID's spatial feature to FeatureStats, pool3 rows to a
+  FeatureBuffer and logits to an IS state with guided-diffusion's fixed-size parts."""
+  params = load_params(params_path)
+  expected = reference(params_path)
+  result = extract.extract(IMAGES, params, batch_size=BATCH, keep_features=KEEP, split_size=5,
+                           states={
+                               "sfid": ("spatial", FeatureStats.empty(inception.SPATIAL_DIM)),
+                               "rows": ("pool3", FeatureBuffer.empty(N, inception.POOL3_DIM)),
+                               "is": ("logits_unbiased",
+                                      InceptionScoreState.empty(inception.NUM_CLASSES, 5))},
+                           progress=False)
+  assert set(result.states) == {"sfid", "rows", "is"} and result.count == N
+  sfid = result.states["sfid"]
+  assert_close(sfid.mean, expected["spatial"].mean(axis=0), 1e-5)  # as assert_matches_reference
+  assert_close(sfid.covariance(), np.cov(expected["spatial"], rowvar=False), 1e-5)
+  # The buffer's slots are the global row indices: the kept outputs of the same step, bit for bit.
+  np.testing.assert_array_equal(result.states["rows"].compute(), result.features)
+  # 21 rows in parts of 5: 5, 5, 5, 5 and 1, as guided-diffusion cuts them. float32 IS: 1e-5
+  # (assert_scores_close).
+  np.testing.assert_array_equal(np.asarray(result.states["is"].num), [5, 5, 5, 5, 1])
+  mean, _ = result.states["is"].compute()
+  np.testing.assert_allclose(float(mean), _adm_inception_score(expected["logits_unbiased"], 5),
+                             rtol=1e-5)
+
+
 def test_folder_counts_each_readable_file_once(params_path, tmp_path):
   """Mixed formats, grayscale, RGBA, a nested folder and a corrupt file, through extraction."""
   (tmp_path / "nested").mkdir()
@@ -184,7 +228,7 @@ def _stand_in_forward(params, images, *, resize="tf1", precision="highest", shar
   return {"pool3": pool3, "logits_unbiased": logits, "logits": logits}
 
 
-def test_host_memory_stays_flat_as_the_stream_grows(monkeypatch):
+def test_host_memory_stays_flat_as_the_stream_grows():
   """Peak NumPy/Python allocations for 1536 vs 6144 images of 64×64 from a generator.
 
   Holding the extra 4608 images would take 57 MB more. Streaming holds a bounded number of 3 MB
@@ -192,7 +236,7 @@ def test_host_memory_stays_flat_as_the_stream_grows(monkeypatch):
   measured 16–26 MB whatever the length, the spread depending on how far the producer thread runs
   ahead. One device: the pipeline, not the sharding, is what is measured, and it is 5× faster.
   """
-  monkeypatch.setattr(inception, "forward", _stand_in_forward)
+  stand_in = dataclasses.replace(inception.NETWORK, name="stand-in", forward=_stand_in_forward)
   block = np.random.default_rng(0).integers(0, 256, (256, 64, 64, 3), dtype=np.uint8)
   one_device = Mesh(np.array(jax.devices()[:1]), ("data",))
 
@@ -204,10 +248,11 @@ def test_host_memory_stays_flat_as_the_stream_grows(monkeypatch):
   try:
     for n in (1536, 6144):
       tracemalloc.start()
-      result = extract.extract(generator(n), {}, batch_size=256, mesh=one_device, progress=False)
+      result = extract.extract(generator(n), {}, network=stand_in, batch_size=256, mesh=one_device,
+                               progress=False)
       peaks[n] = tracemalloc.get_traced_memory()[1]
       tracemalloc.stop()
       assert result.count == n
   finally:
-    extract._step.clear_cache()  # the stand-in must not serve a later call of the same shapes
+    extract._step.clear_cache()
   assert peaks[6144] - peaks[1536] < 0.3 * 4608 * block[0].nbytes, peaks

@@ -53,7 +53,8 @@ def test_features_match_torch_fidelity(checkpoints, reference, fmt, tmp_path, mo
     # Both sides run float32 through 94 conv layers with different summation orders; the TF
     # reference and torch-fidelity agree to ~1e-4 relative, the bar the issue sets. Seen: ~1e-6.
     got = inception.features(params, images)
-    assert set(got) == {"pool3", "logits_unbiased", "logits"}
+    assert set(got) == {"pool3", "logits_unbiased", "logits", "spatial"}
+    assert got["spatial"].shape == (len(images), 17 * 17 * 7)  # guided-diffusion's 2023-d sFID input
     for key in expected:
       assert got[key].shape == expected[key].shape
       assert _relative_l2(got[key], expected[key]) <= 1e-4, (fmt, (h, w), key)
@@ -174,7 +175,7 @@ def test_tf1_resize_matches_torch_fidelity(in_hw):
   images = fixtures.test_images(in_hw[0] + in_hw[1], 2, *in_hw).astype(np.float32)
   expected = interpolate(torch.from_numpy(images).permute(0, 3, 1, 2), size=(299, 299),
                          align_corners=False).permute(0, 2, 3, 1).numpy()
-  got = np.asarray(resize_lib.resize(images, mode="tf1")) * 128.0 + 128.0
+  got = np.asarray(resize_lib.resize(images, mode="tf1"))
   # Same float32 formula and operation order: seen ≤ 3.8e-6 on 0..255 (one ulp, from XLA's fused
   # multiply-adds); the issue's bar is 1e-5 relative to the 0..255 range.
   np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5 * 255)
@@ -186,7 +187,7 @@ def test_pytorch_resize_matches_torch_interpolate(in_hw):
   expected = torch.nn.functional.interpolate(
       torch.from_numpy(images).permute(0, 3, 1, 2), size=(299, 299), mode="bilinear",
       align_corners=False).permute(0, 2, 3, 1).numpy() * 2.0 - 1.0
-  got = np.asarray(resize_lib.resize(images * 255.0, mode="pytorch"))
+  got = np.asarray(inception.normalise(resize_lib.resize(images * 255.0, mode="pytorch"), "pytorch"))
   # Same source coordinates (rounded once, as torch's fused multiply-add does); torch blends with
   # (1−λ)·a + λ·b, we with a + λ·(b − a): seen ≤ 2.4e-7 (2 ulps of 1.0), bar 1e-6.
   np.testing.assert_allclose(got, expected, rtol=0, atol=1e-6)
@@ -201,7 +202,7 @@ def test_torchmetrics_resize_matches_torch_antialiased_interpolate(in_hw):
   expected = torch.nn.functional.interpolate(
       torch.from_numpy(images).permute(0, 3, 1, 2), size=(299, 299), mode="bilinear",
       align_corners=False, antialias=True).permute(0, 2, 3, 1).numpy()
-  got = np.asarray(resize_lib.resize(images, mode="torchmetrics")) * 128.0 + 128.0
+  got = np.asarray(resize_lib.resize(images, mode="torchmetrics"))
   # The same float32 filter; torch accumulates tap by tap, we as matrix products: seen ≤ 4.6e-5 on
   # 0..255 (3 ulps of 255). A float64 filter would miss by up to 4e-3 (300 → 299), so 1e-4 tells
   # the two apart; one grey level is 1.
@@ -215,7 +216,7 @@ def test_clean_resize_matches_pil_bicubic_on_float_channels(in_hw):
   channels = [np.asarray(Image.fromarray(images[0, :, :, c], mode="F").resize((299, 299), Image.BICUBIC))
               for c in range(3)]
   expected = (np.clip(np.stack(channels, axis=-1), 0, 255) - 128.0) / 128.0
-  got = np.asarray(resize_lib.resize(images, mode="clean"))[0]
+  got = np.asarray(inception.normalise(resize_lib.resize(images, mode="clean"), "clean"))[0]
   # PIL accumulates in float64 with float64 weights; we multiply float32 matrices at HIGHEST
   # precision: ~1e-6 of the 0..255 range, far below one grey level (1/128 after normalising).
   np.testing.assert_allclose(got, expected, rtol=0, atol=2e-5)

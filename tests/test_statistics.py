@@ -269,3 +269,54 @@ def test_save_failures_leave_no_partial_file(tmp_path, monkeypatch):
     save_stats(path, mu + 1, sigma)
   assert path.read_bytes() == before  # the old file is untouched
   assert sorted(os.listdir(tmp_path)) == ["stats.npz"]  # and no temporary is left
+
+
+def test_save_load_extra_statistics(tmp_path):
+  """guided-diffusion's reference batches hold the sFID statistics as mu_s and sigma_s."""
+  rng = np.random.default_rng(3)
+  x, s = rng.standard_normal((50, 4)), rng.standard_normal((50, 6))
+  path = tmp_path / "ref.npz"
+  save_stats(path, x.mean(0), np.cov(x, rowvar=False),
+             extra={"mu_s": s.mean(0), "sigma_s": np.cov(s, rowvar=False)})
+  mu_s, sigma_s = load_stats(path, keys=("mu_s", "sigma_s"))
+  np.testing.assert_array_equal(mu_s, s.mean(0))  # float64 written and read: exact
+  np.testing.assert_array_equal(sigma_s, np.cov(s, rowvar=False))
+  np.savez(tmp_path / "no_s.npz", mu=x.mean(0), sigma=np.cov(x, rowvar=False))
+  with pytest.raises(InputError, match="lacks mu_s and sigma_s"):
+    load_stats(tmp_path / "no_s.npz", keys=("mu_s", "sigma_s"))
+
+
+def test_feature_buffer_appends_masked_batches_and_merges():
+  """Rows are copies, so every comparison is exact."""
+  rng = np.random.default_rng(4)
+  rows = rng.standard_normal((11, 3)).astype(np.float32)
+  step = jax.jit(lambda buffer, x, mask: buffer.update(x, mask))
+  buffer = statistics.FeatureBuffer.empty(16, 3)
+  mask = np.array([1, 1, 0, 1, 1, 1], bool)  # the third row is padding
+  padded = np.concatenate([rows[:2], np.full((1, 3), np.nan, np.float32), rows[2:5]])
+  buffer = step(buffer, padded, mask)
+  buffer = step(buffer, rows[5:11], np.ones(6, bool))
+  np.testing.assert_array_equal(buffer.compute(), rows)
+  assert int(buffer.count) == 11 and step._cache_size() == 1  # one batch shape, one compilation
+
+  a = statistics.FeatureBuffer.empty(8, 3).update(rows[:4])
+  b = statistics.FeatureBuffer.empty(8, 3).update(rows[4:7])
+  np.testing.assert_array_equal(a.merge(b).compute(), rows[:7])
+
+
+def test_feature_buffer_by_index_and_overflow():
+  rows = np.arange(18, dtype=np.float32).reshape(6, 3)
+  buffer = statistics.FeatureBuffer.empty(4, 3)
+  # Global row indices, out of order (as a sharded step may deliver them); 4 and 5 do not fit.
+  buffer = buffer.update(rows[[3, 0, 5]], index=np.array([3, 0, 5]))
+  buffer = buffer.update(rows[[1, 2, 4]], index=np.array([1, 2, 4]))
+  assert int(buffer.count) == 4 and int(buffer.dropped) == 2
+  np.testing.assert_array_equal(np.asarray(buffer.features), rows[:4])
+  with pytest.raises(InputError, match="2 row\\(s\\) did not fit in its capacity of 4"):
+    buffer.compute()
+  with pytest.raises(InputError, match=r"features: expected a batch of shape \(B, 3\)"):
+    buffer.update(rows[:, :2])
+  with pytest.raises(InputError, match="index: expected integer row slots of shape"):
+    buffer.update(rows, index=np.zeros(6, np.float32))
+  with pytest.raises(InputError, match="other: expected a FeatureBuffer of dimension 3"):
+    buffer.merge(statistics.FeatureBuffer.empty(4, 2))

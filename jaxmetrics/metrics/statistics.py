@@ -131,8 +131,113 @@ class FeatureStats:
     return _covariance(self)
 
 
-def save_stats(path, mu, sigma) -> None:
+@flax.struct.dataclass
+class FeatureBuffer:
+  """A bounded buffer of feature rows: the state of KID, precision/recall and density/coverage.
+
+  Those metrics need the features themselves, not sufficient statistics, so the state holds up to
+  ``capacity`` rows in a fixed ``(capacity, d)`` array with a ``valid`` mask: fixed shapes, so an
+  update compiles once and the buffer can live inside a jitted loop or a sharded extraction.
+  ``update(features, mask)`` appends the unmasked rows after the rows already held;
+  ``update(features, mask, index=rows)`` writes each row to slot ``rows[i]`` instead (a global
+  row index: the order of the source whatever the sharding or batch order, as
+  :func:`jaxmetrics.pipeline.extract.extract` passes it). Rows that do not fit (slot ≥ capacity)
+  are counted in ``dropped``, never silently lost: :meth:`compute` raises when any were.
+  ``merge`` appends the other buffer's rows in slot order after this one's (associative; not
+  commutative, since order is kept).
+
+  Attributes:
+    features: ``(capacity, d)`` rows; invalid slots hold zeros.
+    valid: ``(capacity,)`` bool, which slots hold a row.
+    count: int32, rows held.
+    dropped: int32, rows that did not fit.
+  """
+
+  features: jax.Array
+  valid: jax.Array
+  count: jax.Array
+  dropped: jax.Array
+
+  @classmethod
+  def empty(cls, capacity: int, dim: int, dtype=jnp.float32) -> "FeatureBuffer":
+    """A buffer for up to ``capacity`` rows of dimension ``dim`` (float32 by default)."""
+    for name, value in (("capacity", capacity), ("dim", dim)):
+      if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name}: expected a positive int, got {value!r}")
+    zero = jnp.zeros((), jnp.int32)
+    return cls(features=jnp.zeros((capacity, dim), dtype), valid=jnp.zeros((capacity,), bool),
+               count=zero, dropped=zero)
+
+  @property
+  def capacity(self):
+    return self.features.shape[0]
+
+  def update(self, features, mask=None, index=None) -> "FeatureBuffer":
+    """Adds the rows of ``features`` (B, d) where ``mask`` (B,) is true; see the class docstring."""
+    d = self.features.shape[1]
+    features = frechet._as_real_array("features", features, self.features.dtype)
+    if features.ndim != 2 or features.shape[1] != d:
+      raise InputError(f"features: expected a batch of shape (B, {d}) matching the buffer, got "
+                       f"shape {features.shape}")
+    mask = (np.ones(features.shape[:1], bool) if mask is None else
+            _check_mask(mask, features.shape))
+    if index is not None:
+      if jnp.shape(index) != features.shape[:1] or not jnp.issubdtype(jnp.result_type(index),
+                                                                       jnp.integer):
+        raise InputError(f"index: expected integer row slots of shape ({features.shape[0]},), got "
+                         f"{jnp.result_type(index)} {jnp.shape(index)}")
+      index = jnp.asarray(index, jnp.int32)
+    return _buffer_update(self, features, jnp.asarray(mask, bool), index)
+
+  def merge(self, other: "FeatureBuffer") -> "FeatureBuffer":
+    """This buffer's rows, then ``other``'s in slot order (overflow counted in ``dropped``)."""
+    if not isinstance(other, FeatureBuffer) or other.features.shape[1:] != self.features.shape[1:] \
+        or other.features.dtype != self.features.dtype:
+      raise InputError(f"other: expected a FeatureBuffer of dimension {self.features.shape[1]} and "
+                       f"{self.features.dtype}, got {_describe_state(other)}")
+    order = jnp.argsort(~other.valid, stable=True)  # other's valid rows first, in slot order
+    merged = _buffer_update(self, other.features[order], other.valid[order], None)
+    return merged.replace(dropped=merged.dropped + other.dropped)
+
+  def compute(self) -> np.ndarray:
+    """The rows held, ``(count, d)`` in slot order, as a host array (outside ``jit`` only)."""
+    if frechet._is_tracer(self.count):
+      raise InputError("FeatureBuffer.compute: expected a concrete buffer, got a traced one: "
+                       "return the buffer from the jitted function and call compute() outside")
+    dropped = int(self.dropped)
+    if dropped:
+      raise InputError(f"FeatureBuffer: {dropped} row(s) did not fit in its capacity of "
+                       f"{self.capacity}: create it with a larger capacity")
+    valid = np.asarray(self.valid)
+    return np.asarray(self.features)[valid]
+
+
+def _describe_state(state):
+  if isinstance(state, FeatureBuffer):
+    return f"dimension {state.features.shape[1]} and {state.features.dtype}"
+  return type(state).__name__
+
+
+@jax.jit
+def _buffer_update(buffer, features, mask, index):
+  capacity = buffer.features.shape[0]
+  if index is None:
+    index = buffer.count + jnp.cumsum(mask, dtype=jnp.int32) - 1
+  fits = mask & (index >= 0) & (index < capacity)
+  # Rows that do not count go to an out-of-range slot, which mode="drop" discards.
+  slot = jnp.where(fits, index, capacity)
+  return buffer.replace(
+      features=buffer.features.at[slot].set(features.astype(buffer.features.dtype), mode="drop"),
+      valid=buffer.valid.at[slot].set(True, mode="drop"),
+      count=buffer.count + jnp.sum(fits, dtype=jnp.int32),
+      dropped=buffer.dropped + jnp.sum(mask & ~fits, dtype=jnp.int32))
+
+
+def save_stats(path, mu, sigma, extra=None) -> None:
   """Writes FID statistics as an ``.npz`` with float64 arrays ``mu`` (d,) and ``sigma`` (d, d).
+
+  ``extra`` (name → array) adds more statistics to the same file, widened to float64 likewise:
+  guided-diffusion's reference batches hold the sFID statistics as ``mu_s`` and ``sigma_s``.
 
   The format of pytorch-fid, clean-fid and TTUR: ``np.load(path)['mu']`` reads it. Arrays are
   widened to float64 (exactly, from float32), the dtype of their ``np.cov``, so that a file does not
@@ -150,6 +255,7 @@ def save_stats(path, mu, sigma) -> None:
                        "outside jit")
   mu, sigma = frechet._check_mean_cov(
       "mu", np.asarray(mu), "sigma", np.asarray(sigma), np.dtype(np.float64))
+  extra = {name: np.asarray(value, np.float64) for name, value in (extra or {}).items()}
   path = os.fspath(path)
   directory = os.path.dirname(os.path.abspath(path))
   if not os.path.isdir(directory):
@@ -158,7 +264,7 @@ def save_stats(path, mu, sigma) -> None:
   temporary = os.path.join(directory, f".{os.path.basename(path)}.{secrets.token_hex(6)}.tmp")
   try:
     with open(temporary, "xb") as f:
-      np.savez(f, mu=mu, sigma=sigma)
+      np.savez(f, mu=mu, sigma=sigma, **extra)
       f.flush()
       os.fsync(f.fileno())
     os.replace(temporary, path)
@@ -168,8 +274,11 @@ def save_stats(path, mu, sigma) -> None:
     raise
 
 
-def load_stats(path) -> tuple[np.ndarray, np.ndarray]:
+def load_stats(path, keys=("mu", "sigma")) -> tuple[np.ndarray, np.ndarray]:
   """Reads FID statistics ``(mu (d,), sigma (d, d))`` as float64 NumPy arrays from an ``.npz``.
+
+  ``keys`` names the mean and covariance arrays: ``("mu_s", "sigma_s")`` reads the sFID statistics
+  of a guided-diffusion reference batch.
 
   Reads the files of pytorch-fid, clean-fid and TTUR (keys ``mu``, ``sigma``) and guided-diffusion's
   reference batches (which also hold ``arr_0``, ``mu_s``, ``sigma_s``: ignored, and not read from
@@ -180,7 +289,8 @@ def load_stats(path) -> tuple[np.ndarray, np.ndarray]:
       non-finite values.
   """
   path = os.fspath(path)
-  expected = "an .npz archive with arrays mu and sigma"
+  mu_key, sigma_key = keys
+  expected = f"an .npz archive with arrays {mu_key} and {sigma_key}"
   try:
     data = np.load(path, allow_pickle=False)
   except FileNotFoundError:
@@ -191,18 +301,18 @@ def load_stats(path) -> tuple[np.ndarray, np.ndarray]:
   if not isinstance(data, np.lib.npyio.NpzFile):
     raise InputError(f"path: expected {expected}, got a single .npy array in {path!r}")
   with data:
-    missing = [key for key in ("mu", "sigma") if key not in data.files]
+    missing = [key for key in keys if key not in data.files]
     if missing:
       raise InputError(
           f"path: expected {expected}, {path!r} lacks {' and '.join(missing)} "
           f"(it has: {', '.join(data.files) or 'nothing'})")
     try:
-      mu, sigma = data["mu"], data["sigma"]
+      mu, sigma = data[mu_key], data[sigma_key]
     except ValueError as e:
       raise InputError(
           f"path: expected {expected} of numbers in {path!r}: {_one_line(e)}") from None
   return frechet._check_mean_cov(
-      f"mu in {path!r}", mu, f"sigma in {path!r}", sigma, np.dtype(np.float64))
+      f"{mu_key} in {path!r}", mu, f"{sigma_key} in {path!r}", sigma, np.dtype(np.float64))
 
 
 def _one_line(error):

@@ -12,20 +12,30 @@ that decide parity with the TF graph:
 * the classifier has 1008 classes; ``logits_unbiased`` is ``pool3 · Wᵀ`` without the bias, the
   quantity improved-gan's Inception Score uses.
 
+Features (:data:`NETWORK`, a :class:`~jaxmetrics.networks.base.FeatureNetwork`): ``pool3`` (2048,
+FID, KID, precision/recall), ``logits_unbiased`` and ``logits`` (1008, IS), and ``spatial`` (2023,
+sFID): the TF tensor ``mixed_6/conv:0`` that guided-diffusion's evaluator reads
+(``evaluations/evaluator.py``: ``FID_SPATIAL_NAME``, then ``spatial[..., :7]`` and a reshape per
+image), which is the first 1×1 branch of the fourth 17×17 block after its ReLU — torch-fidelity's
+weight converter (``utils/util_convert_inception_weights.py``) maps ``mixed_6/conv`` to
+``Mixed_6d.branch1x1`` — cut to its first 7 channels and flattened in NHWC order (17·17·7).
+
 Parameters are a plain nested dict of arrays whose paths follow the checkpoint's names
 (``Mixed_5b/branch1x1/conv/kernel``), so they can be placed with any sharding and passed to ``jit``.
 Every convolution and matmul runs at ``Precision.HIGHEST`` unless asked otherwise: on GPUs the
 default float32 precision is TF32, which moves features by far more than the 1e-4 the references
 agree to.
 
+Input normalisation follows the reference each resize mode comes from: ``(x − 128) / 128`` on
+0..255 values (the TF graph's ``Sub``/``Mul``; torch-fidelity, torchmetrics, clean-fid) for
+``"tf1"``, ``"clean"`` and ``"torchmetrics"``; ``2·x/255 − 1`` for ``"pytorch"`` (pytorch-fid's
+``normalize_input``), which maps pixel 255 to 1.0 instead of the graph's 0.9921875.
+
 Example::
 
-  params = jaxmetrics.networks.inception.load_params()            # downloads + verifies sha256 once
-  out = jaxmetrics.networks.inception.features(params, images)    # uint8 (N, H, W, 3)
+  params = jaxmetrics.inception.load_params()            # downloads + verifies sha256 once
+  out = jaxmetrics.inception.features(params, images)    # uint8 (N, H, W, 3)
   out["pool3"].shape                                     # (N, 2048)
-
-Intermediate maps (sFID uses Mixed_6 features) are available without changing the module through
-Flax's ``Inception().apply({"params": params}, x, capture_intermediates=True, mutable=...)``.
 """
 
 import functools
@@ -39,6 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmetrics.checkpoints import _params
+from jaxmetrics.networks.base import FeatureNetwork
 from jaxmetrics.networks import resize as _resize
 from jaxmetrics.checkpoints import torch_checkpoint
 from jaxmetrics.checkpoints import weights
@@ -47,9 +58,15 @@ from jaxmetrics._inputs import PRECISIONS, batched, check_batch_size, check_imag
 from jaxmetrics._io import save_npz_atomic
 
 WEIGHTS = "inception-2015-12-05"
-OUTPUTS = ("pool3", "logits_unbiased", "logits")
+INPUT_SIZE = 299
 NUM_CLASSES = 1008
 POOL3_DIM = 2048
+# guided-diffusion's sFID feature: mixed_6/conv (17×17 map), its first 7 channels.
+SPATIAL_CHANNELS = 7
+SPATIAL_DIM = 17 * 17 * SPATIAL_CHANNELS
+FEATURES = {"pool3": POOL3_DIM, "logits_unbiased": NUM_CLASSES, "logits": NUM_CLASSES,
+            "spatial": SPATIAL_DIM}
+OUTPUTS = tuple(FEATURES)
 _BN_EPS = 1e-3
 # Bump when the converted-parameter layout changes, so stale cache files are not read.
 _CONVERTED_FORMAT = 1
@@ -162,8 +179,10 @@ class InceptionB(nn.Module):
 
 
 class InceptionC(nn.Module):
+  """Mixed_6b–6e; ``return_branch1x1`` also returns the first branch (sFID reads Mixed_6d's)."""
   channels_7x7: int
   precision: Any = jax.lax.Precision.HIGHEST
+  return_branch1x1: bool = False
 
   @nn.compact
   def __call__(self, x):
@@ -179,7 +198,8 @@ class InceptionC(nn.Module):
     bd = conv(c7, (7, 1), padding=(3, 0), name="branch7x7dbl_4")(bd)
     bd = conv(192, (1, 7), padding=(0, 3), name="branch7x7dbl_5")(bd)
     bp = conv(192, (1, 1), name="branch_pool")(_avg_pool_3x3(x))
-    return jnp.concatenate([b1, b7, bd, bp], axis=-1)
+    out = jnp.concatenate([b1, b7, bd, bp], axis=-1)
+    return (out, b1) if self.return_branch1x1 else out
 
 
 class InceptionD(nn.Module):
@@ -219,7 +239,7 @@ class InceptionE(nn.Module):
 
 
 class Inception(nn.Module):
-  """The FID Inception-v3 on normalised 299×299 NHWC input; returns ``pool3`` and both logits."""
+  """The FID Inception-v3 on normalised 299×299 NHWC input; returns :data:`FEATURES` by name."""
   precision: Any = jax.lax.Precision.HIGHEST
 
   @nn.compact
@@ -239,14 +259,16 @@ class Inception(nn.Module):
     x = InceptionB(**p, name="Mixed_6a")(x)
     x = InceptionC(128, **p, name="Mixed_6b")(x)
     x = InceptionC(160, **p, name="Mixed_6c")(x)
-    x = InceptionC(160, **p, name="Mixed_6d")(x)
+    x, mixed_6_conv = InceptionC(160, **p, return_branch1x1=True, name="Mixed_6d")(x)
     x = InceptionC(192, **p, name="Mixed_6e")(x)
     x = InceptionD(**p, name="Mixed_7a")(x)
     x = InceptionE(max_pool=False, **p, name="Mixed_7b")(x)
     x = InceptionE(max_pool=True, **p, name="Mixed_7c")(x)
     pool3 = jnp.mean(x, axis=(1, 2))
     logits_unbiased, logits = Classifier(**p, name="fc")(pool3)
-    return {"pool3": pool3, "logits_unbiased": logits_unbiased, "logits": logits}
+    spatial = mixed_6_conv[..., :SPATIAL_CHANNELS].reshape(mixed_6_conv.shape[0], -1)
+    return {"pool3": pool3, "logits_unbiased": logits_unbiased, "logits": logits,
+            "spatial": spatial}
 
 
 class Classifier(nn.Module):
@@ -381,6 +403,19 @@ def _to_pixels(images):
   return images.astype(jnp.float32) * 255.0
 
 
+def normalise(pixels, resize):
+  """The network input from resized 0..255 pixels, as the reference of ``resize`` normalises."""
+  if resize == "pytorch":
+    return pixels * (2.0 / 255.0) - 1.0
+  return (pixels - 128.0) / 128.0
+
+
+def preprocess(images, resize="tf1"):
+  """uint8 or [0, 1] float images of any size → the normalised 299×299 network input, on device."""
+  pixels = _resize.resize(_to_pixels(images), (INPUT_SIZE, INPUT_SIZE), mode=resize)
+  return normalise(pixels, resize)
+
+
 @functools.partial(jax.jit, static_argnames=("resize", "precision"))
 def _forward(params, images, resize="tf1", precision="highest"):
   return forward(params, images, resize=resize, precision=precision)
@@ -407,7 +442,7 @@ def forward(params, images, *, resize="tf1", precision="highest", shards=1):
   model = Inception(precision=PRECISIONS[precision])
 
   def network(images):
-    return model.apply({"params": params}, _resize.resize(_to_pixels(images), mode=resize))
+    return model.apply({"params": params}, preprocess(images, resize))
 
   def one_per_shard(images):
     n = images.shape[0]
@@ -436,14 +471,20 @@ def features(params, images, *, resize="tf1", precision="highest", batch_size=No
       compiles once per (batch_size, H, W). ``None``: one chunk of N.
 
   Returns:
-    ``{"pool3": (N, 2048), "logits_unbiased": (N, 1008), "logits": (N, 1008)}`` float32 arrays.
+    ``{"pool3": (N, 2048), "logits_unbiased": (N, 1008), "logits": (N, 1008), "spatial": (N,
+    2023)}`` float32 arrays (see the module docstring).
   """
   check_images(images)
-  if resize not in _resize.RESIZE_MODES:
-    raise InputError(f"resize: expected one of {', '.join(_resize.RESIZE_MODES)}, got {resize!r}")
+  NETWORK.check_resize(resize)
   check_precision(precision)
   check_batch_size(batch_size)
   if isinstance(images, np.ndarray) and images.dtype == np.float64:
     images = images.astype(np.float32)
   forward = functools.partial(_forward, params, resize=resize, precision=precision)
   return batched(forward, images, batch_size)
+
+
+NETWORK = FeatureNetwork(
+    name="inception-v3-fid", weights=WEIGHTS, features=FEATURES, resize_modes=_resize.RESIZE_MODES,
+    forward=forward, weights_file=weights_file, load_weights_file=load_weights_file)
+"""The FID Inception-v3 as a :class:`~jaxmetrics.networks.base.FeatureNetwork`."""

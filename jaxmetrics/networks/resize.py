@@ -1,30 +1,32 @@
-"""Resizing to the Inception input, on device, exactly as each reference implementation does it.
+"""Resizing to a network's input size, on device, exactly as each reference implementation does it.
 
 Four modes decide how images of any size become the 299×299 input of the FID network, and they
-change FID noticeably, so every number jaxmetrics prints names the mode it used:
+change FID noticeably, so every number jaxmetrics prints names the mode it used. Each returns 0..255
+pixel values; the network normalises them afterwards (:mod:`jaxmetrics.networks.inception` applies
+the normalisation of the reference each mode comes from).
 
 ``"tf1"`` (default)
   TensorFlow 1.x ``resize_bilinear`` with ``align_corners=False``, as inside the
   ``inception-2015-12-05`` graph that defines FID and IS: source coordinate ``dst · in/out`` (no
-  half-pixel offset, no antialiasing), then ``(x − 128) / 128`` on 0..255 values. torch-fidelity's
-  ``interpolate_bilinear_2d_like_tensorflow1x`` does the same and is our parity target.
+  half-pixel offset, no antialiasing). torch-fidelity's ``interpolate_bilinear_2d_like_tensorflow1x``
+  (``interpolate_compat_tensorflow.py``) does the same and is our parity target.
 ``"pytorch"``
-  ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` on [0, 1] values
-  (half-pixel centres, no antialiasing), then ``2x − 1``: pytorch-fid's choice. Pixel 255 maps to
-  1.0 here but to 0.9921875 in the TF graph: a small, known offset from the reference.
+  ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` (half-pixel centres,
+  no antialiasing): pytorch-fid's choice (``pytorch_fid/inception.py``, ``InceptionV3.forward``,
+  which resizes [0, 1] values; resizing is linear, so 0..255 values give the same up to float32
+  round-off).
 ``"clean"``
   PIL's ``Image.resize(..., BICUBIC)`` on each float32 channel (antialiased when shrinking), clipped
-  to [0, 255], then ``(x − 128) / 128``: clean-fid's "clean" mode. PIL's filter weights are
-  computed on the host in float64 (they depend only on the sizes) and applied on device as two
-  matrix products, in the order Pillow runs its two passes.
+  to [0, 255]: clean-fid's "clean" mode. PIL's filter weights are computed on the host in float64
+  (they depend only on the sizes) and applied on device as two matrix products, in the order Pillow
+  runs its two passes.
 ``"torchmetrics"``
   ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False, antialias=True)`` on
-  0..255 values, then ``(x − 128) / 128``: torchmetrics' FID, KID and IS with their default
-  ``antialias=True`` (with ``antialias=False`` they resize as ``"tf1"``). When shrinking, the
-  triangle filter widens with the scale (Pillow's algorithm, which torch adopted); when enlarging it
-  is ``"pytorch"``'s interpolation to float32 round-off, normalised as the TF graph. Torch forms
-  the filter in float32; so do we, on the host, and apply it as two matrix products, horizontal pass
-  first as torch does.
+  0..255 values: torchmetrics' FID, KID and IS with their default ``antialias=True`` (with
+  ``antialias=False`` they resize as ``"tf1"``). When shrinking, the triangle filter widens with the
+  scale (Pillow's algorithm, which torch adopted); when enlarging it is ``"pytorch"``'s
+  interpolation to float32 round-off. Torch forms the filter in float32; so do we, on the host, and
+  apply it as two matrix products, horizontal pass first as torch does.
 
 All four run inside ``jit`` on any backend; the interpolation tables are compile-time constants.
 """
@@ -43,7 +45,7 @@ INCEPTION_SIZE = 299
 
 
 def resize(images, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="tf1"):
-  """Resizes 0..255 float images ``(N, H, W, C)`` to ``size`` and normalises them to about [-1, 1].
+  """Resizes 0..255 float images ``(N, H, W, C)`` to ``size`` with the filter of ``mode``.
 
   Args:
     images: float array of pixel values in [0, 255], channels last.
@@ -52,7 +54,8 @@ def resize(images, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="tf1"):
       docstring).
 
   Returns:
-    A float32 array ``(N, size[0], size[1], C)``, normalised as the chosen reference does.
+    A float32 array ``(N, size[0], size[1], C)`` of 0..255 pixel values (``"clean"`` clips to that
+    range as clean-fid does; the bilinear modes stay inside it by construction).
   """
   if mode not in RESIZE_MODES:
     raise InputError(f"resize: expected one of {', '.join(RESIZE_MODES)}, got {mode!r}")
@@ -60,18 +63,15 @@ def resize(images, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="tf1"):
   out_h, out_w = size
   _, in_h, in_w, _ = images.shape
   if mode == "tf1":
-    x = _bilinear(images, _tf1_taps(in_h, out_h), _tf1_taps(in_w, out_w))
-    return (x - 128.0) / 128.0
+    return _bilinear(images, _tf1_taps(in_h, out_h), _tf1_taps(in_w, out_w))
   if mode == "pytorch":
-    x = _bilinear(images / 255.0, _half_pixel_taps(in_h, out_h), _half_pixel_taps(in_w, out_w))
-    return 2.0 * x - 1.0
+    return _bilinear(images, _half_pixel_taps(in_h, out_h), _half_pixel_taps(in_w, out_w))
   if mode == "torchmetrics":
     rows, cols = antialias_bilinear_matrix(in_h, out_h), antialias_bilinear_matrix(in_w, out_w)
-    return (_separable(images, rows, cols, horizontal_first=True) - 128.0) / 128.0
+    return _separable(images, rows, cols, horizontal_first=True)
   rows, cols = pil_bicubic_matrix(in_h, out_h), pil_bicubic_matrix(in_w, out_w)
   horizontal_first = pil_horizontal_first(in_h, in_w, out_h, out_w)
-  x = _separable(images, rows, cols, horizontal_first=horizontal_first)
-  return (jnp.clip(x, 0.0, 255.0) - 128.0) / 128.0
+  return jnp.clip(_separable(images, rows, cols, horizontal_first=horizontal_first), 0.0, 255.0)
 
 
 @functools.lru_cache(maxsize=None)

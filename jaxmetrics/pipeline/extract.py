@@ -1,22 +1,31 @@
-"""Feature extraction over every device and host: the Inception pass behind FID, IS and KID.
+"""Feature extraction over every device and host: any network, any metric states, one pass.
 
-:func:`extract` streams a source (:func:`jaxmetrics.pipeline.sources.open_source`: a folder, an ``.npy`` /
-``.npz`` file, an array, an iterable of batches) through the FID Inception-v3 and returns the
-sufficient statistics of its features: :class:`~jaxmetrics.metrics.statistics.FeatureStats` (FID) and
-:class:`~jaxmetrics.InceptionScoreState` (IS), plus, on request, the features
-themselves (KID, per-sample metrics).
+:func:`extract` streams a source (:func:`jaxmetrics.pipeline.sources.open_source`: a folder, an
+``.npy`` / ``.npz`` file, an array, an iterable of batches) through a feature network (a
+:class:`~jaxmetrics.networks.base.FeatureNetwork`; default the FID Inception-v3) and folds the
+named features it returns into metric states: by default
+:class:`~jaxmetrics.metrics.statistics.FeatureStats` of ``pool3`` (FID) and an
+:class:`~jaxmetrics.InceptionScoreState` of ``logits_unbiased`` (IS); any mapping
+``{name: (feature, state)}`` instead (``FeatureStats`` of ``spatial`` for sFID, a
+:class:`~jaxmetrics.metrics.statistics.FeatureBuffer` for k-NN metrics, or any state with
+``update(features, mask)``), plus, on request, the features themselves gathered on the host.
 
 Example::
 
   params = jaxmetrics.load_params()
-  result = jaxmetrics.pipeline.extract.extract("samples/", params)
+  result = jaxmetrics.extract.extract("samples/", params)
   fid = jaxmetrics.frechet_distance(result.stats.mean, result.stats.covariance(),
-                                    *jaxmetrics.metrics.statistics.load_stats("reference.npz"))
+                                    *jaxmetrics.load_stats("reference.npz"))
   is_mean, is_std = result.inception_score.compute()
 
-How it runs. One compiled step takes ``(state, params, batch)`` and returns the new state: uint8
-images → resize to 299×299 (:mod:`jaxmetrics.networks.resize`) → network → ``FeatureStats.update(pool3,
-mask)`` and ``InceptionScoreState.update(logits_unbiased, mask, split)``. The batch is sharded on
+  sfid = jaxmetrics.extract.extract("samples/", params, states={
+      "sfid": ("spatial", jaxmetrics.FeatureStats.empty(2023))}).states["sfid"]
+
+How it runs. One compiled step takes ``(states, params, batch)`` and returns the new states: uint8
+images → the network's preprocessing (resize, :mod:`jaxmetrics.networks.resize`, then its
+normalisation) → network → each state's update with its feature and the batch mask
+(``InceptionScoreState`` also gets each row's split, ``FeatureBuffer`` each row's global index).
+The batch is sharded on
 its leading axis over a 1-D :class:`~jax.sharding.Mesh` of every device of every process (axis
 ``"data"``); parameters and state are replicated, so XLA inserts the cross-device all-reduce and
 every device ends with the same state. The state's buffers are donated. Every batch has the same
@@ -32,7 +41,8 @@ Inception Score splits. With a known number of rows ``N`` (arrays, files, folder
 equals :func:`jaxmetrics.inception_score` of the logits in source order (improved-gan's splits).
 For an iterable of unknown length, rows are dealt round-robin in the order they are processed
 (the default of :class:`~jaxmetrics.InceptionScoreState`); pass ``num_samples`` to
-get contiguous splits.
+get contiguous splits. ``split_size`` instead puts row ``i`` into split ``i // split_size``
+(guided-diffusion's evaluator: parts of 5000 in source order, the last one shorter).
 
 Multi-host. The same program runs on every host (process); call :func:`initialize` first. Each
 process reads a disjoint share of the rows: in step ``k`` (global batch ``B``) a process reads the
@@ -105,12 +115,13 @@ from jax.sharding import PartitionSpec as P
 from tqdm import tqdm
 
 from jaxmetrics.networks import inception
-from jaxmetrics.networks import resize as _resize
+from jaxmetrics.networks.base import FeatureNetwork
 from jaxmetrics.pipeline import sources
 from jaxmetrics._errors import InputError
 from jaxmetrics._inputs import check_precision
 from jaxmetrics.metrics.inception_score import InceptionScoreState
 from jaxmetrics.metrics.inception_score import contiguous_split
+from jaxmetrics.metrics.statistics import FeatureBuffer
 from jaxmetrics.metrics.statistics import FeatureStats
 
 PER_DEVICE_BATCH = 32
@@ -121,27 +132,50 @@ class Extraction:
   """What :func:`extract` returns; identical on every process of a multi-host run.
 
   Attributes:
-    stats: count, mean and scatter of the pool3 features (``stats.mean``, ``stats.covariance()``
-      for FID), on the first local device.
-    inception_score: the streamed Inception Score state; ``.compute()`` gives ``(mean, std)``.
-    count: number of images that went into the statistics (unreadable files excluded).
-    outputs: the kept network outputs by name (``"pool3"``, ``"logits_unbiased"``, ``"logits"``),
-      float32 NumPy arrays ``(count, d)`` in source order; empty unless ``keep_features``.
+    states: the final metric states by name (as passed to :func:`extract`, or the defaults
+      ``"stats"`` and ``"inception_score"``), on the first local device.
+    count: number of images that went into the states (unreadable files excluded).
+    outputs: the kept network outputs by name (``"pool3"``, ``"logits_unbiased"``, ...), float32
+      NumPy arrays ``(count, d)`` in source order; empty unless ``keep_features``.
     index: for each row of ``outputs``, the source row it came from (``paths[index]`` names the
       files of a folder, where unreadable ones are missing); ``None`` without ``keep_features``
       or for iterables, whose rows are in the order they were processed.
   """
 
-  stats: FeatureStats
-  inception_score: InceptionScoreState
+  states: dict
   count: int
   outputs: dict
   index: np.ndarray | None
 
   @property
+  def stats(self):
+    """The default ``FeatureStats`` of pool3 (``stats.mean``, ``stats.covariance()``: FID)."""
+    return self.states.get("stats")
+
+  @property
+  def inception_score(self):
+    """The default streamed Inception Score state; ``.compute()`` gives ``(mean, std)``."""
+    return self.states.get("inception_score")
+
+  @property
   def features(self):
     """The kept pool3 features ``(count, 2048)``, or ``None``."""
     return self.outputs.get("pool3")
+
+
+def default_states(network, splits=10):
+  """``{name: (feature, state)}`` that :func:`extract` fills when given no ``states``.
+
+  The FID Inception-v3: ``"stats"`` (``FeatureStats`` of ``pool3``) and ``"inception_score"``
+  (``InceptionScoreState`` of ``logits_unbiased`` over ``splits`` parts). Another network: the
+  ``FeatureStats`` of its first feature, as ``"stats"``.
+  """
+  if network is inception.NETWORK:
+    return {"stats": ("pool3", FeatureStats.empty(inception.POOL3_DIM)),
+            "inception_score": ("logits_unbiased",
+                                InceptionScoreState.empty(inception.NUM_CLASSES, splits))}
+  feature, dim = next(iter(network.features.items()))
+  return {"stats": (feature, FeatureStats.empty(dim))}
 
 
 def default_mesh():
@@ -184,28 +218,36 @@ def initialize(**kwargs):
   return jax.process_count() > 1
 
 
-def extract(source, params, *, batch_size=None, resize="tf1", precision="highest",
-            num_samples=None, keep_features=False, splits=10, mesh=None, image_size=None,
-            prefetch=2, progress=True):
-  """Inception statistics (and optionally features) of every image of a source, on all devices.
+def extract(source, params, *, network=None, states=None, batch_size=None, resize=None,
+            precision="highest", num_samples=None, keep_features=False, splits=10,
+            split_size=None, mesh=None, image_size=None, prefetch=2, progress=True):
+  """Metric states (and optionally features) of every image of a source, on all devices.
 
   Args:
     source: anything :func:`jaxmetrics.pipeline.sources.open_source` accepts (a folder, an ``.npy`` or
       ``.npz`` path, an ``(N, H, W, 3)`` uint8 or [0, 1] float array, an iterable of batches) or
       an opened :class:`~jaxmetrics.pipeline.sources.Source` (not closed here). All images need one size.
-    params: from :func:`jaxmetrics.networks.inception.load_params` (host arrays are replicated onto the
-      mesh; arrays already replicated there are used as they are).
+    params: the network's parameters (:func:`jaxmetrics.load_params` for Inception); host arrays
+      are replicated onto the mesh once, arrays already replicated there are used as they are.
+    network: a :class:`~jaxmetrics.networks.base.FeatureNetwork`; default
+      :data:`jaxmetrics.networks.inception.NETWORK`.
+    states: ``{name: (feature, state)}``: each state is updated with the named feature of every
+      batch (``state.update(features, mask)``; ``InceptionScoreState`` with its split,
+      ``FeatureBuffer`` with each row's global index). Default :func:`default_states`.
     batch_size: global images per step, over all devices and processes; rounded up to a multiple
       of the number of devices. Default ``32 ×`` the number of devices.
-    resize: ``"tf1"`` (default), ``"pytorch"``, ``"clean"`` or ``"torchmetrics"``; see
-      :mod:`jaxmetrics.networks.resize`.
+    resize: one of the network's resize modes; default its first (Inception: ``"tf1"``, or
+      ``"pytorch"``, ``"clean"``, ``"torchmetrics"``; see :mod:`jaxmetrics.networks.resize`).
     precision: ``"highest"`` (default), ``"high"`` or ``"default"``; see
       :func:`jaxmetrics.networks.inception.features`.
     num_samples: use only the first ``num_samples`` rows (an error if the source has fewer). For
       an iterable it is the total over all processes, and gives contiguous IS splits.
     keep_features: ``True`` keeps the pool3 features, or name the outputs to keep
-      (``("pool3", "logits_unbiased", "logits")``); they are gathered on every process.
-    splits: Inception Score splits (default 10).
+      (``("pool3", "logits_unbiased", "logits", "spatial")``); they are gathered on every process.
+    splits: Inception Score splits of the default states (default 10).
+    split_size: instead of contiguous splits, row ``i`` goes to IS split ``i // split_size``
+      (guided-diffusion: 5000); needs a known number of rows, and sets the default IS state's
+      number of splits to ``ceil(N / split_size)``.
     mesh: a :class:`~jax.sharding.Mesh`; the batch is sharded over all its axes. Default
       :func:`default_mesh`: every device.
     image_size: folders only: ``(H, W)`` to center-crop and resize other-sized images to.
@@ -219,14 +261,20 @@ def extract(source, params, *, batch_size=None, resize="tf1", precision="highest
     InputError: for bad options or input, named in one line; in a multi-host run every process
       raises when one meets bad input.
   """
-  if resize not in _resize.RESIZE_MODES:
-    raise InputError(f"resize: expected one of {', '.join(_resize.RESIZE_MODES)}, got {resize!r}")
+  network = inception.NETWORK if network is None else network
+  if not isinstance(network, FeatureNetwork):
+    raise InputError(f"network: expected a FeatureNetwork, got {type(network).__name__}")
+  resize = network.check_resize(resize)
   check_precision(precision)
   _check_positive("splits", splits)
   _check_positive("prefetch", prefetch)
   if num_samples is not None:
     _check_positive("num_samples", num_samples)
-  keep = _check_keep(keep_features)
+  if split_size is not None:
+    _check_positive("split_size", split_size)
+  keep = _check_keep(keep_features, network)
+  if states is not None:
+    states = _check_states(states, network)
   mesh = default_mesh() if mesh is None else mesh
   if not isinstance(mesh, Mesh):
     raise InputError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
@@ -238,8 +286,8 @@ def extract(source, params, *, batch_size=None, resize="tf1", precision="highest
   source_given = isinstance(source, sources.Source)
   source = sources.open_source(source, image_size=image_size)
   try:
-    return _Run(source, params, mesh, batch_size, num_samples, splits, keep,
-                dict(resize=resize, precision=precision), prefetch, progress).run()
+    return _Run(source, params, network, states, mesh, batch_size, num_samples, splits, split_size,
+                keep, dict(resize=resize, precision=precision), prefetch, progress).run()
   finally:
     if not source_given:
       source.close()
@@ -248,27 +296,44 @@ def extract(source, params, *, batch_size=None, resize="tf1", precision="highest
 # --------------------------------------------------------------------------------- the step
 
 
-@functools.partial(jax.jit, static_argnames=("mesh", "resize", "precision", "keep"),
-                   donate_argnums=(0,))
-def _step(state, params, batch, num_samples, *, mesh, resize, precision, keep):
-  """One global batch: network, statistics and (replicated) outputs; ``num_samples`` 0: unknown."""
-  stats, scores = state
+@functools.partial(jax.jit, donate_argnums=(0,),
+                   static_argnames=("mesh", "network", "feeds", "resize", "precision", "keep",
+                                    "split_size"))
+def _step(states, params, batch, num_samples, *, mesh, network, feeds, resize, precision, keep,
+          split_size):
+  """One global batch: network, states and (replicated) outputs; ``num_samples`` 0: unknown.
+
+  ``feeds``: ``((state name, feature name), ...)``, static so that the step is compiled per set of
+  states.
+  """
   mask = batch["mask"]
-  out = inception.forward(params, batch["images"], resize=resize, precision=precision,
-                          shards=mesh.size)
-  stats = stats.update(out["pool3"], mask)
-  # Round-robin over the rows in processing order: InceptionScoreState's default assignment,
-  # written out so that one compiled step serves known and unknown lengths.
-  round_robin = (scores.seen + jnp.cumsum(mask, dtype=jnp.int32) - 1) % scores.splits
-  contiguous = contiguous_split(batch["index"], jnp.maximum(num_samples, 1), scores.splits)
-  split = jnp.where(num_samples > 0, contiguous, round_robin)
-  scores = scores.update(out["logits_unbiased"], mask, split=split)
+  out = network.forward(params, batch["images"], resize=resize, precision=precision,
+                        shards=mesh.size)
+  states = {name: _feed(states[name], out[feature], mask, batch["index"], num_samples, split_size)
+            for name, feature in feeds}
   info = {"rows": jnp.sum(mask, dtype=jnp.int32), "failed": jnp.max(batch["failed"]),
           "done": jnp.min(batch["done"])}
   kept = {name: out[name] for name in keep}
   if keep:
     kept.update(mask=mask, index=batch["index"])
-  return jax.lax.with_sharding_constraint(((stats, scores), info, kept), NamedSharding(mesh, P()))
+  return jax.lax.with_sharding_constraint((states, info, kept), NamedSharding(mesh, P()))
+
+
+def _feed(state, features, mask, index, num_samples, split_size):
+  """``state.update`` with what the state needs to know of the rows' places in the source."""
+  if isinstance(state, InceptionScoreState):
+    if split_size is not None:
+      split = index // split_size
+    else:
+      # Round-robin over the rows in processing order: InceptionScoreState's default assignment,
+      # written out so that one compiled step serves known and unknown lengths.
+      round_robin = (state.seen + jnp.cumsum(mask, dtype=jnp.int32) - 1) % state.splits
+      contiguous = contiguous_split(index, jnp.maximum(num_samples, 1), state.splits)
+      split = jnp.where(num_samples > 0, contiguous, round_robin)
+    return state.update(features, mask, split=split)
+  if isinstance(state, FeatureBuffer):
+    return state.update(features, mask, index=index)
+  return state.update(features, mask)
 
 
 # ---------------------------------------------------------------------------------- the loop
@@ -277,9 +342,10 @@ def _step(state, params, batch, num_samples, *, mesh, resize, precision, keep):
 class _Run:
   """One extraction: plans the rows of each process, feeds the step, collects the results."""
 
-  def __init__(self, source, params, mesh, batch_size, num_samples, splits, keep, options,
-               prefetch, progress):
+  def __init__(self, source, params, network, states, mesh, batch_size, num_samples, splits,
+               split_size, keep, options, prefetch, progress):
     self.source, self.mesh, self.batch, self.keep = source, mesh, batch_size, keep
+    self.network, self.split_size = network, split_size
     self.options, self.prefetch = options, prefetch
     self.processes = jax.process_count()
     self.process = jax.process_index()
@@ -297,6 +363,14 @@ class _Run:
     if self.n is not None and self.n * splits >= 2**31:
       raise InputError(f"num_samples: expected num_samples * splits < 2**31, got {self.n} * "
                        f"{splits}")
+    if split_size is not None and self.n is None:
+      raise InputError(f"split_size: needs a known number of rows, but {source.name} is an "
+                       "iterable of unknown length: pass num_samples")
+    if states is None:
+      if split_size is not None:
+        splits = -(-self.n // split_size)
+      states = default_states(network, splits)
+    self.feeds = tuple((name, feature) for name, (feature, _) in states.items())
     self.steps = None if self.n is None else -(-self.n // batch_size)
     self.sharding = NamedSharding(mesh, P(mesh.axis_names))
     rows = set()
@@ -311,9 +385,9 @@ class _Run:
     replicated = NamedSharding(mesh, P())
     self.params = _replicate(params, replicated)
     # Fresh buffers for every leaf: the state is donated, and empty() may share one zero array.
-    self.state = _replicate((FeatureStats.empty(inception.POOL3_DIM),
-                             InceptionScoreState.empty(inception.NUM_CLASSES, splits)), replicated,
+    self.state = _replicate({name: state for name, (_, state) in states.items()}, replicated,
                             copy=True)
+    self.count = 0
     self.num_samples_arg = _replicate(np.int32(self.n or 0), replicated)
     self.bar = tqdm(total=self.n, unit="img", desc=os.path.basename(source.name) or source.name,
                     disable=not progress or self.process != 0, dynamic_ncols=True)
@@ -397,7 +471,7 @@ class _Run:
   # -- device side: the main thread
 
   def run(self):
-    collected = _Collector(self.keep, self.n)
+    collected = _Collector(self.keep, self.n, self.network)
     feed = _Prefetcher(self._device_batches(), self.prefetch)
     failure = failed_batches = None
     pending = None
@@ -420,8 +494,10 @@ class _Run:
                               for b in self._empty_batches(step))
         if failed_batches is not None:
           batch = next(failed_batches)
-        self.state, info, kept = _step(self.state, self.params, batch, self.num_samples_arg,
-                                       mesh=self.mesh, keep=self.keep, **self.options)
+        self.state, info, kept = _step(
+            self.state, self.params, batch, self.num_samples_arg, mesh=self.mesh,
+            network=self.network, feeds=self.feeds, keep=self.keep, split_size=self.split_size,
+            **self.options)
         if pending is not None:
           stop = self._finish_step(*pending, collected)
         pending = (info, kept)
@@ -437,17 +513,17 @@ class _Run:
     if self.failed_process is not None:
       raise InputError(f"{self.source.name}: process {self.failed_process} stopped the run on bad "
                        "input (its output names it)")
-    stats, scores = jax.tree.map(lambda x: x.addressable_data(0), self.state)
-    count = int(stats.count)
-    if count == 0:
+    states = jax.tree.map(lambda x: x.addressable_data(0), self.state)
+    if self.count == 0:
       raise InputError(f"{self.source.name}: expected readable images, but none could be read")
     outputs, index = collected.result()
-    return Extraction(stats=stats, inception_score=scores, count=count, outputs=outputs,
+    return Extraction(states=states, count=self.count, outputs=outputs,
                       index=None if self.source.per_process or not self.keep else index)
 
   def _finish_step(self, info, kept, collected):
     """Reads a finished step's replicated results; returns whether every process should stop."""
     rows, failed, done = (int(_local(info[k])) for k in ("rows", "failed", "done"))
+    self.count += rows
     self.bar.update(rows)
     if kept:
       collected.add({k: _local(v) for k, v in kept.items()})
@@ -460,12 +536,11 @@ class _Run:
 class _Collector:
   """Gathers kept outputs on the host, by source row when the number of rows is known."""
 
-  def __init__(self, keep, n):
+  def __init__(self, keep, n, network):
     self.keep, self.n = keep, n
     self.chunks = []
     if keep and n is not None:
-      dims = {"pool3": inception.POOL3_DIM}
-      self.arrays = {k: np.zeros((n, dims.get(k, inception.NUM_CLASSES)), np.float32) for k in keep}
+      self.arrays = {k: np.zeros((n, network.features[k]), np.float32) for k in keep}
       self.seen = np.zeros((n,), bool)
 
   def add(self, kept):
@@ -564,14 +639,46 @@ def _check_positive(name, value):
     raise InputError(f"{name}: expected a positive integer, got {value!r}")
 
 
-def _check_keep(keep_features):
+def _check_keep(keep_features, network):
   if keep_features is False or keep_features is None:
     return ()
   if keep_features is True:
-    return ("pool3",)
+    return (next(iter(network.features)),)
   names = (keep_features,) if isinstance(keep_features, str) else tuple(keep_features)
-  unknown = [n for n in names if n not in inception.OUTPUTS]
-  if unknown or not names:
-    raise InputError(f"keep_features: expected True or names among {', '.join(inception.OUTPUTS)}, "
+  if not names or any(n not in network.features for n in names):
+    raise InputError(f"keep_features: expected True or names among {', '.join(network.features)}, "
                      f"got {keep_features!r}")
-  return tuple(n for n in inception.OUTPUTS if n in names)
+  return tuple(n for n in network.features if n in names)
+
+
+def _check_states(states, network):
+  """``{name: (feature, state)}`` with known features and dimensions that fit."""
+  if not isinstance(states, dict) or not states:
+    raise InputError(f"states: expected a non-empty dict {{name: (feature, state)}}, got "
+                     f"{type(states).__name__}")
+  for name, entry in states.items():
+    if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)):
+      raise InputError(f"states[{name!r}]: expected a (feature name, state) pair, got "
+                       f"{type(entry).__name__}")
+    feature, state = entry
+    if feature not in network.features:
+      raise InputError(f"states[{name!r}]: expected a feature among {', '.join(network.features)} "
+                       f"of {network.name}, got {feature!r}")
+    if not hasattr(state, "update"):
+      raise InputError(f"states[{name!r}]: expected a metric state with update(features, mask), "
+                       f"got {type(state).__name__}")
+    dim = _state_dim(state)
+    if dim is not None and dim != network.features[feature]:
+      raise InputError(f"states[{name!r}]: expected a state of dimension "
+                       f"{network.features[feature]} for {feature} of {network.name}, got {dim}")
+  return states
+
+
+def _state_dim(state):
+  if isinstance(state, FeatureStats):
+    return state.mean.shape[0]
+  if isinstance(state, FeatureBuffer):
+    return state.features.shape[1]
+  if isinstance(state, InceptionScoreState):
+    return state.num_classes
+  return None
