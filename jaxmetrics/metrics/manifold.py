@@ -1,0 +1,485 @@
+"""k-NN manifold metrics: precision/recall (Kynkäänniemi et al. 2019), density/coverage (Naeem et al. 2020).
+
+Every function takes ``(generated, reference)`` in that order, the order of ``jaxmetrics eval A B``
+(A generated, B the reference set). The peers take them in other orders:
+
+================================  ==================================  =============================
+peer call                         generated (samples, "fake")         reference (real data)
+================================  ==================================  =============================
+jaxmetrics (this module)          1st argument ``generated``          2nd argument ``reference``
+ADM ``compute_prec_recall``       2nd, ``activations_sample``         1st, ``activations_ref``
+torch-fidelity ``prc_features_    1st, ``features_1`` (input1)        2nd, ``features_2`` (input2)
+to_metric``
+prdc ``compute_prdc``             2nd, ``fake_features``              1st, ``real_features``
+================================  ==================================  =============================
+
+(ADM is openai/guided-diffusion ``evaluations/evaluator.py``; swapping the two sets swaps precision
+and recall, so the mapping matters.)
+
+Each point ``x`` of a set gets a ball of squared radius ``r_k(x)²``, the k-th smallest squared
+distance from ``x`` to the points of its own set, counting ``x`` itself at distance 0 (the
+``(k+1)``-th entry of its sorted distance row: the distance to its k-th nearest other point; a
+duplicate of ``x`` is such a point, at distance 0). With ``G`` generated and ``R`` reference::
+
+  precision = |{g ∈ G : ∃ r ∈ R, ‖g − r‖² <= r_k(r)²}| / |G|       (k = 3)
+  recall    = |{r ∈ R : ∃ g ∈ G, ‖r − g‖² <= r_k(g)²}| / |R|
+  density   = (1/k) · (1/|G|) · Σ_{g ∈ G} |{r ∈ R : ‖g − r‖ < r_k(r)}|    (k = 5)
+  coverage  = |{r ∈ R : min_{g ∈ G} ‖r − g‖ < r_k(r)}| / |R|
+
+Precision/recall follow ADM's ``ManifoldEstimator`` (``manifold_radii``: index ``k`` of each
+partitioned row of squared distances, ``nhood_sizes=(3,)``; ``evaluate_pr`` and
+``DistanceBlock``: ``dist <= radius``) and torch-fidelity's ``metric_prc.py``
+(``kthvalue(neighborhood + 1)`` of ``torch.cdist`` rows, ``<=``, ``prc_neighborhood=3``).
+Density/coverage follow prdc's ``prdc/prdc.py`` ``compute_prdc`` (``get_kth_value(distances,
+k=nearest_k + 1)``, strict ``<`` everywhere; ``nearest_k`` has no default there, 5 is the paper's).
+Note that prdc's own precision and recall use ``<`` where ADM and torch-fidelity use ``<=``: they
+differ when a distance equals a radius, e.g. a generated copy of a reference point whose radius is
+0 because the reference set holds that point twice; this module follows ADM for precision/recall.
+Comparing squared distances decides the same as comparing distances (the square root is
+increasing), so both pairs of metrics are computed from squared distances.
+
+Distances are ``max(‖u‖² − 2u·v + ‖v‖², 0)`` in float32 as ADM's ``_batch_pairwise_distances``
+writes them (in the cross pass ``u`` is the reference point, as in ADM's ``evaluate_pr``), with the
+product at ``Precision.HIGHEST`` (GPUs would otherwise use TF32, TPUs bfloat16 passes). ADM itself
+evaluates them in float16 and recomputes a 10000×10000 block in float32 only if one of its float16
+values is not finite; torch-fidelity uses ``torch.cdist`` in float32, prdc scikit-learn's
+``pairwise_distances`` (float32 inputs are upcast to float64 by chunks). So the metrics agree with
+every peer exactly whenever no squared distance lies within float32 round-off
+(~d·eps·(‖u‖ + ‖v‖)²) of the radius it is compared with, and may differ by such borderline points
+otherwise. Features are cast to float32 first (float64 inputs too).
+
+How it runs. Three blockwise passes, none of which holds an ``N×N`` matrix: the k-NN radii of the
+reference set, those of the generated set (only for recall) and one cross pass that yields all four
+metrics. In each pass the query rows are sharded over a 1-D mesh of devices (default: every device
+of every process), the other set is replicated, and each device walks its rows in blocks of
+``block_size`` and, for each, the other set in column blocks of its own ``block_size``: a
+``block×block`` float32 tile at a time, keeping per query row a running ``lax.top_k`` of the
+``k + 1`` smallest distances (radii), or counts (precision, density), and per column block the
+"inside some query's ball" flags (recall) and nearest distance (coverage), combined over devices
+with ``pmax``/``pmin``. Both sets are padded to a multiple of ``block × devices`` rows; padded
+points are never anyone's neighbour (their distances are +inf), their balls have radius −inf and
+padded queries are masked out of every column result. Counts are int32 on the device and the
+fractions are formed on the host from exact integer counts, in the peers' order of operations
+(density as prdc's ``(1/k) · mean``). One compilation per (shapes, k, block, mesh).
+"""
+
+import dataclasses
+import functools
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from jaxmetrics._errors import InputError
+
+_HIGHEST = jax.lax.Precision.HIGHEST
+
+# A block×block float32 tile is block² × 4 bytes; a step holds a few (distances, the comparisons,
+# the top-k candidates). 1024 keeps a CPU step's temporaries near 16 MB and its product large
+# enough for the BLAS kernels; accelerators want larger tiles to fill their cores (4096: 64 MB).
+_DEFAULT_BLOCK = {"cpu": 1024}
+_DEFAULT_BLOCK_ACCELERATOR = 4096
+
+
+@dataclasses.dataclass(frozen=True)
+class ManifoldMetrics:
+  """Per-sample results of :func:`manifold_metrics` and the four metrics formed from them.
+
+  Attributes:
+    generated_inside: bool ``(N_gen,)``, generated point inside some reference ball of radius
+      ``r_{pr_k}`` (``<=``): precision's numerator.
+    reference_inside: bool ``(N_ref,)``, reference point inside some generated ball of radius
+      ``r_{pr_k}`` (``<=``): recall's numerator.
+    generated_ball_counts: int32 ``(N_gen,)``, number of reference balls of radius ``r_{dc_k}``
+      strictly containing the generated point: density's numerator.
+    reference_covered: bool ``(N_ref,)``, nearest generated point strictly inside the reference
+      point's ball of radius ``r_{dc_k}``: coverage's numerator.
+    pr_k: neighbourhood of precision/recall; ``None`` (and the first two fields ``None``) when
+      they were not asked for.
+    dc_k: neighbourhood of density/coverage; ``None`` (and the last two fields ``None``) when
+      they were not asked for.
+  """
+  generated_inside: np.ndarray | None
+  reference_inside: np.ndarray | None
+  generated_ball_counts: np.ndarray | None
+  reference_covered: np.ndarray | None
+  pr_k: int | None
+  dc_k: int | None
+
+  @property
+  def precision(self) -> float:
+    return _fraction(self.generated_inside, "precision", "pr_k")
+
+  @property
+  def recall(self) -> float:
+    return _fraction(self.reference_inside, "recall", "pr_k")
+
+  @property
+  def density(self) -> float:
+    if self.generated_ball_counts is None:
+      raise InputError("density: not computed, pass dc_k to manifold_metrics")
+    total = int(np.sum(self.generated_ball_counts, dtype=np.int64))
+    # prdc: (1. / float(nearest_k)) * counts.mean(), the mean being sum / N in float64.
+    return (1.0 / float(self.dc_k)) * (total / self.generated_ball_counts.size)
+
+  @property
+  def coverage(self) -> float:
+    return _fraction(self.reference_covered, "coverage", "dc_k")
+
+
+def _fraction(flags, name, k_name):
+  if flags is None:
+    raise InputError(f"{name}: not computed, pass {k_name} to manifold_metrics")
+  return int(np.count_nonzero(flags)) / flags.size
+
+
+def precision_recall(generated, reference, *, k=3, block_size=None, mesh=None):
+  """Improved precision and recall of ``generated`` against ``reference``, as ADM computes them.
+
+  ``precision`` is the share of generated points inside the reference manifold (the union of the
+  reference points' k-NN balls), ``recall`` the share of reference points inside the generated
+  manifold; a point is inside a ball when its squared distance is ``<=`` the ball's squared radius
+  (module docstring). Equal to guided-diffusion's ``Evaluator.compute_prec_recall(activations_ref=
+  reference, activations_sample=generated)`` (up to its float16 distances) and to torch-fidelity's
+  ``prc_features_to_metric(features_1=generated, features_2=reference, prc_neighborhood=k)``.
+
+  Args:
+    generated: float array ``(N_gen, d)``, features of the generated samples (ADM's
+      ``activations_sample``, torch-fidelity's ``features_1``); ``N_gen > k``.
+    reference: float array ``(N_ref, d)``, features of the real data (ADM's ``activations_ref``,
+      torch-fidelity's ``features_2``); ``N_ref > k``.
+    k: neighbourhood size: a ball's radius is the distance to the k-th nearest other point.
+    block_size: rows and columns per distance tile (default 1024 on CPU, 4096 on accelerators;
+      smaller for small sets). Changes speed and memory, never the result.
+    mesh: a 1-D :class:`jax.sharding.Mesh` whose devices share the query rows; default every
+      device of every process.
+
+  Returns:
+    ``(precision, recall)``, Python floats in [0, 1].
+  """
+  result = manifold_metrics(generated, reference, pr_k=k, dc_k=None, block_size=block_size,
+                            mesh=mesh)
+  return result.precision, result.recall
+
+
+def density_coverage(generated, reference, *, k=5, block_size=None, mesh=None):
+  """Density and coverage of ``generated`` against ``reference``, as prdc computes them.
+
+  ``density`` is the mean over generated points of the number of reference k-NN balls containing
+  them, divided by k (it exceeds 1 where generated points crowd the reference modes);
+  ``coverage`` is the share of reference points whose nearest generated point lies inside their
+  own ball. All comparisons are strict (module docstring). Equal to prdc's
+  ``compute_prdc(real_features=reference, fake_features=generated, nearest_k=k)["density"]`` and
+  ``["coverage"]``.
+
+  Args:
+    generated: float array ``(N_gen, d)``, features of the generated samples (prdc's
+      ``fake_features``); ``N_gen >= 2``.
+    reference: float array ``(N_ref, d)``, features of the real data (prdc's ``real_features``);
+      ``N_ref > k``.
+    k: neighbourhood size (prdc's ``nearest_k``).
+    block_size: rows and columns per distance tile, as in :func:`precision_recall`.
+    mesh: as in :func:`precision_recall`.
+
+  Returns:
+    ``(density, coverage)``, Python floats; density ``>= 0``, coverage in [0, 1].
+  """
+  result = manifold_metrics(generated, reference, pr_k=None, dc_k=k, block_size=block_size,
+                            mesh=mesh)
+  return result.density, result.coverage
+
+
+def manifold_metrics(generated, reference, *, pr_k=3, dc_k=5, block_size=None, mesh=None):
+  """Precision, recall, density and coverage together: three distance passes instead of six.
+
+  Args:
+    generated: float array ``(N_gen, d)``, the generated samples' features.
+    reference: float array ``(N_ref, d)``, the real data's features.
+    pr_k: neighbourhood of precision/recall (ADM's ``nhood_sizes=(3,)``); ``None`` skips them
+      and the generated set's radii, a pass only recall needs.
+    dc_k: neighbourhood of density/coverage (prdc's ``nearest_k``); ``None`` skips them.
+    block_size: rows and columns per distance tile, as in :func:`precision_recall`.
+    mesh: as in :func:`precision_recall`.
+
+  Returns:
+    A :class:`ManifoldMetrics` with per-sample results and the properties ``precision``,
+    ``recall``, ``density`` and ``coverage`` (Python floats).
+  """
+  if pr_k is None and dc_k is None:
+    raise InputError("pr_k, dc_k: expected at least one neighbourhood size, got None for both")
+  gen = _check_features(generated, "generated")
+  ref = _check_features(reference, "reference")
+  if gen.shape[1] != ref.shape[1]:
+    raise InputError(f"reference: expected {gen.shape[1]} features per row like generated, got "
+                     f"shape {tuple(ref.shape)}")
+  for name, k in (("pr_k", pr_k), ("dc_k", dc_k)):
+    if k is not None:
+      _check_k(k, name, ref.shape[0], "reference")
+  if pr_k is not None:
+    _check_k(pr_k, "pr_k", gen.shape[0], "generated")
+  mesh = _check_mesh(mesh)
+  _check_block_size(block_size)
+  _check_finite(gen, "generated")
+  _check_finite(ref, "reference")
+  gen_block = _block(gen.shape[0], mesh, block_size)
+  ref_block = _block(ref.shape[0], mesh, block_size)
+  gen, ref = _replicated(gen, mesh), _replicated(ref, mesh)
+  inside, counts, ref_inside, covered = (np.asarray(a) for a in jax.device_get(_manifold(
+      gen, ref, pr_k=None if pr_k is None else int(pr_k), dc_k=None if dc_k is None else int(dc_k),
+      gen_block=gen_block, ref_block=ref_block, mesh=mesh)))
+  pr, dc = pr_k is not None, dc_k is not None
+  return ManifoldMetrics(
+      generated_inside=inside if pr else None, reference_inside=ref_inside if pr else None,
+      generated_ball_counts=counts if dc else None, reference_covered=covered if dc else None,
+      pr_k=int(pr_k) if pr else None, dc_k=int(dc_k) if dc else None)
+
+
+def knn_radii(features, k, *, block_size=None, mesh=None):
+  """Squared k-NN radii: for each row, its k-th smallest squared distance to its own set.
+
+  The point itself counts at distance 0, so this is the squared distance to the k-th nearest
+  *other* point (ADM's ``manifold_radii``; torch-fidelity's ``kthvalue(k + 1)`` and prdc's
+  ``get_kth_value(k=k + 1)`` of unsquared distances).
+
+  Args:
+    features: float array ``(N, d)``, ``N > k``.
+    k: an integer ``>= 1``.
+    block_size: rows and columns per distance tile, as in :func:`precision_recall`.
+    mesh: as in :func:`precision_recall`.
+
+  Returns:
+    float32 NumPy array ``(N,)``.
+  """
+  x = _check_features(features, "features")
+  _check_k(k, "k", x.shape[0], "features")
+  mesh = _check_mesh(mesh)
+  _check_block_size(block_size)
+  _check_finite(x, "features")
+  block = _block(x.shape[0], mesh, block_size)
+  return np.asarray(jax.device_get(_radii(_replicated(x, mesh), k=int(k), block=block, mesh=mesh)))
+
+
+# ------------------------------------------------------------------------------------ checks ---
+
+def _check_features(x, name):
+  if isinstance(x, jax.core.Tracer):
+    raise InputError(f"{name}: expected a concrete array, got a tracer: manifold metrics check "
+                     f"their input and count on the host, call them outside jit")
+  if not hasattr(x, "dtype") or not hasattr(x, "shape"):
+    x = np.asarray(x)
+  if x.ndim != 2:
+    raise InputError(f"{name}: expected features of shape (N, d), got shape {tuple(x.shape)}")
+  if not jnp.issubdtype(x.dtype, jnp.floating):
+    raise InputError(f"{name}: expected a floating array, got {x.dtype}")
+  if x.shape[0] < 2:
+    raise InputError(f"{name}: expected at least 2 samples (a k-NN ball needs another point), "
+                     f"got shape {tuple(x.shape)}")
+  if x.shape[1] < 1:
+    raise InputError(f"{name}: expected at least 1 feature per row, got shape {tuple(x.shape)}")
+  if isinstance(x, np.ndarray):
+    # float32 on the host: the cast the device would do anyway, without a float64 transfer.
+    x = np.asarray(x, np.float32)
+  return x
+
+
+def _check_k(k, name, n, set_name):
+  if isinstance(k, bool) or not isinstance(k, numbers.Integral) or k < 1:
+    raise InputError(f"{name}: expected an integer >= 1, got {k!r}")
+  if k >= n:
+    raise InputError(f"{name}: expected fewer than the {n} samples of {set_name} (a radius is the "
+                     f"distance to the k-th nearest other point), got {k}")
+
+
+def _check_block_size(block_size):
+  if block_size is not None and (isinstance(block_size, bool)
+                                 or not isinstance(block_size, numbers.Integral) or block_size < 1):
+    raise InputError(f"block_size: expected a positive integer or None, got {block_size!r}")
+
+
+def _check_mesh(mesh):
+  if mesh is None:
+    # As jaxmetrics.pipeline.extract.default_mesh (not imported: metrics do not depend on the
+    # pipeline): every device of every process, each process's devices contiguous.
+    devices = sorted(jax.devices(), key=lambda d: (d.process_index, d.id))
+    return Mesh(np.array(devices), ("data",))
+  if not isinstance(mesh, Mesh) or len(mesh.axis_names) != 1:
+    raise InputError(f"mesh: expected a 1-D jax.sharding.Mesh or None, got {mesh!r}")
+  return mesh
+
+
+def _check_finite(x, name):
+  if isinstance(x, np.ndarray):
+    bad = int(np.count_nonzero(~np.isfinite(x).all(axis=1)))
+  else:
+    bad = int(jax.device_get(_nonfinite_rows(x)))
+  if bad:
+    raise InputError(f"{name}: expected finite features, got NaN or inf in {bad} row(s)")
+
+
+@jax.jit
+def _nonfinite_rows(x):
+  return jnp.sum(~jnp.all(jnp.isfinite(x), axis=1), dtype=jnp.int32)
+
+
+def _replicated(x, mesh):
+  """``x`` on every device of ``mesh``, whatever it came as: NumPy and JAX inputs, committed or
+  not, then reach the compiled function alike and share one compilation."""
+  return jax.device_put(x, NamedSharding(mesh, P()))
+
+
+def _block(n, mesh, block_size):
+  """Rows per tile: the requested size, but no more than one device's share of ``n``."""
+  if block_size is None:
+    block_size = _DEFAULT_BLOCK.get(jax.default_backend(), _DEFAULT_BLOCK_ACCELERATOR)
+  return int(min(block_size, -(-n // mesh.size)))
+
+
+# ----------------------------------------------------------------------------------- kernels ---
+
+def _padded(x, block, mesh):
+  """``x`` as float32, padded with zero rows to a multiple of ``block × devices``, and its mask."""
+  n = x.shape[0]
+  multiple = block * mesh.size
+  length = -(-n // multiple) * multiple
+  x = jnp.pad(x.astype(jnp.float32), ((0, length - n), (0, 0)))
+  return x, jnp.arange(length) < n
+
+
+def _sq_norms(x):
+  return jnp.sum(x * x, axis=1)
+
+
+def _sq_distances(q, q_sq, c, c_sq, *, columns_first=False):
+  """``(len(q), len(c))`` squared distances ``max(|u|² − 2u·v + |v|², 0)``, ADM's expression.
+
+  ``u`` is the query row, or the column when ``columns_first`` (ADM's cross pass takes the
+  reference point first); the order fixes the float32 rounding of the two additions.
+  """
+  qc = jax.lax.dot_general(q, c, (((1,), (1,)), ((), ())), precision=_HIGHEST,
+                           preferred_element_type=jnp.float32)
+  if columns_first:
+    d2 = c_sq[None, :] - 2 * qc + q_sq[:, None]
+  else:
+    d2 = q_sq[:, None] - 2 * qc + c_sq[None, :]
+  return jnp.maximum(d2, 0)
+
+
+def _row_blocks(block, *arrays):
+  return tuple(a.reshape(a.shape[0] // block, block, *a.shape[1:]) for a in arrays)
+
+
+def _varying(x, axis):
+  """``x`` typed as differing across devices, as the scan carries that it seeds become."""
+  return jax.lax.pcast(x, axis, to="varying")
+
+
+def _smallest(q, q_sq, c, c_sq, c_valid, *, kk, block, axis):
+  """Per query row, its ``kk`` smallest squared distances to the valid columns, ascending.
+
+  Runs on one device's rows: row blocks in sequence, and for each a scan over column blocks that
+  keeps the running ``kk`` smallest (``lax.top_k`` of the negated candidates).
+  """
+  cols = _row_blocks(block, c, c_sq, c_valid)
+
+  def row_block(args):
+    qb, qb_sq = args
+
+    def step(best, col):
+      cb, cb_sq, cb_valid = col
+      d2 = jnp.where(cb_valid[None, :], _sq_distances(qb, qb_sq, cb, cb_sq), jnp.inf)
+      negated, _ = jax.lax.top_k(-jnp.concatenate([best, d2], axis=1), kk)
+      return -negated, None
+
+    init = _varying(jnp.full((qb.shape[0], kk), jnp.inf, jnp.float32), axis)
+    best, _ = jax.lax.scan(step, init, cols)
+    return best
+
+  best = jax.lax.map(row_block, _row_blocks(block, q, q_sq))
+  return best.reshape(q.shape[0], kk)
+
+
+def _knn(x, x_valid, *, kk, block, mesh):
+  """The ``kk`` smallest squared distances of every row of ``x`` to the valid rows of ``x``."""
+  axis = mesh.axis_names[0]
+  x_sq = _sq_norms(x)
+  body = functools.partial(_smallest, kk=kk, block=block, axis=axis)
+  return jax.shard_map(body, mesh=mesh, in_specs=(P(axis), P(axis), P(), P(), P()),
+                       out_specs=P(axis))(x, x_sq, x, x_sq, x_valid)
+
+
+def _cross(q, q_sq, q_valid, q_radius, c, c_sq, c_radius_pr, c_radius_dc, *, q_block, c_block,
+           axis):
+  """One device's share of the cross pass: generated query rows ``q`` against reference ``c``.
+
+  Returns, per query row, "inside some reference ball of radius ``c_radius_pr``" (``<=``) and the
+  number of reference balls of radius ``c_radius_dc`` containing it (``<``); per column, "inside
+  some query's ball of radius ``q_radius``" (``<=``) and the nearest query's squared distance,
+  both over every device's queries. Padded columns carry radius −inf, padded queries are masked.
+  """
+  cols = _row_blocks(c_block, c, c_sq, c_radius_pr, c_radius_dc)
+
+  def row_block(col_results, rows):
+    col_inside, col_nearest = col_results
+    qb, qb_sq, qb_valid, qb_radius = rows
+
+    def step(row_results, col):
+      inside, balls = row_results
+      cb, cb_sq, cb_radius_pr, cb_radius_dc = col
+      d2 = _sq_distances(qb, qb_sq, cb, cb_sq, columns_first=True)
+      inside = inside | jnp.any(d2 <= cb_radius_pr[None, :], axis=1)
+      balls = balls + jnp.sum(d2 < cb_radius_dc[None, :], axis=1, dtype=jnp.int32)
+      hit = jnp.any((d2 <= qb_radius[:, None]) & qb_valid[:, None], axis=0)
+      nearest = jnp.min(jnp.where(qb_valid[:, None], d2, jnp.inf), axis=0)
+      return (inside, balls), (hit, nearest)
+
+    init = _varying((jnp.zeros(qb.shape[0], bool), jnp.zeros(qb.shape[0], jnp.int32)), axis)
+    (inside, balls), (hit, nearest) = jax.lax.scan(step, init, cols)
+    col_results = (col_inside | hit.reshape(-1), jnp.minimum(col_nearest, nearest.reshape(-1)))
+    return col_results, (inside, balls)
+
+  init = _varying((jnp.zeros(c.shape[0], bool), jnp.full(c.shape[0], jnp.inf, jnp.float32)), axis)
+  rows = _row_blocks(q_block, q, q_sq, q_valid, q_radius)
+  (col_inside, col_nearest), (inside, balls) = jax.lax.scan(row_block, init, rows)
+  col_inside = jax.lax.pmax(col_inside.astype(jnp.int32), axis) > 0
+  col_nearest = jax.lax.pmin(col_nearest, axis)
+  return inside.reshape(-1), balls.reshape(-1), col_inside, col_nearest
+
+
+@functools.partial(jax.jit, static_argnames=("pr_k", "dc_k", "gen_block", "ref_block", "mesh"))
+def _manifold(gen, ref, *, pr_k, dc_k, gen_block, ref_block, mesh):
+  axis = mesh.axis_names[0]
+  n_gen, n_ref = gen.shape[0], ref.shape[0]
+  g, g_valid = _padded(gen, gen_block, mesh)
+  r, r_valid = _padded(ref, ref_block, mesh)
+  ref_ks = [k for k in (pr_k, dc_k) if k is not None]
+  ref_best = _knn(r, r_valid, kk=max(ref_ks) + 1, block=ref_block, mesh=mesh)
+  # Padded reference points get radius −inf: no squared distance (>= 0) is inside their balls.
+  ball = lambda k: jnp.where(r_valid, ref_best[:, k], -jnp.inf)
+  r_pr = ball(dc_k if pr_k is None else pr_k)
+  r_dc = ball(pr_k if dc_k is None else dc_k)
+  if pr_k is None:
+    g_radius = jnp.zeros(g.shape[0], jnp.float32)  # recall is not asked for: any value
+  else:
+    g_radius = _knn(g, g_valid, kk=pr_k + 1, block=gen_block, mesh=mesh)[:, pr_k]
+  body = functools.partial(_cross, q_block=gen_block, c_block=ref_block, axis=axis)
+  specs = (P(axis), P(axis), P(axis), P(axis), P(), P(), P(), P())
+  inside, balls, ref_inside, ref_nearest = jax.shard_map(
+      body, mesh=mesh, in_specs=specs, out_specs=(P(axis), P(axis), P(), P()))(
+          g, _sq_norms(g), g_valid, g_radius, r, _sq_norms(r), r_pr, r_dc)
+  replicated = NamedSharding(mesh, P())
+  out = (inside[:n_gen], balls[:n_gen], ref_inside[:n_ref], (ref_nearest < r_dc)[:n_ref])
+  # Replicated outputs: every process can read them (a row-sharded result would not be
+  # addressable from one host of several).
+  return jax.lax.with_sharding_constraint(out, replicated)
+
+
+@functools.partial(jax.jit, static_argnames=("k", "block", "mesh"))
+def _radii(x, *, k, block, mesh):
+  n = x.shape[0]
+  xp, valid = _padded(x, block, mesh)
+  radii = _knn(xp, valid, kk=k + 1, block=block, mesh=mesh)[:n, k]
+  return jax.lax.with_sharding_constraint(radii, NamedSharding(mesh, P()))

@@ -1,0 +1,276 @@
+"""Precision/recall and density/coverage against torch-fidelity's and prdc's own code.
+
+Why exact equality is a sound expectation. A decision "‖u − v‖² <= r²" can differ between two
+float32 implementations only when the squared distance lies within their round-off of the radius.
+Two kinds of data make that impossible, and each test asserts the property it relies on:
+
+* Quantised features (``_quantised``): Inception-like ReLU features rounded to multiples of 1/16 in
+  [0, 4). Every product is a multiple of 2⁻⁸ and every partial sum of a norm, a dot product or of
+  ``‖u‖² − 2u·v + ‖v‖²`` is bounded by ``(‖u‖ + ‖v‖)² <= 4 max‖x‖²``; when that is below 2¹⁶ it
+  fits float32's 24 bits, so every squared distance is computed exactly by any summation order
+  (ours, torch's ``cdist``, scikit-learn's float64 upcast, float64 NumPy), and ties are exact ties:
+  this is the data that tests ``<=`` against ``<``, self-inclusion and duplicates. The peers then
+  take square roots in float32; with squared distances below 2¹³ (2²¹ steps of 2⁻⁸) two distinct
+  ones differ by more than 2 ulp relative, so the roots stay distinct and in order.
+* Continuous features (``test_continuous_features_match_peers``): there float32 distances carry
+  round-off, bounded for any summation order by ``γ·(‖u‖ + ‖v‖)²`` with ``γ = n·u/(1 − n·u)``,
+  ``u = 2⁻²⁴`` and ``n = d + 8`` (the d products, the three additions of the expression, the
+  peers' square root), and a radius by the same bound over its row. The test computes in float64
+  which decisions that bound cannot flip and asserts that every precision, recall and coverage
+  decision is such; density counts every pair, so there the allowed difference is the number of
+  pairs within the bound.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from jax.sharding import Mesh
+
+from jaxmetrics._errors import InputError
+from jaxmetrics.metrics import manifold
+from tests._peers import torch_fidelity_metric_module
+
+_U32 = 2.0**-24
+
+
+def _inception_like(n, d, seed, shift=0.0):
+  """ReLU of correlated Gaussians (16 shared factors plus noise): mean ~0.3, most of it sparse."""
+  rng = np.random.default_rng(seed)
+  mixing = np.random.default_rng(123).standard_normal((16, d)) / 4
+  z = rng.standard_normal((n, 16)) @ mixing + 0.5 * rng.standard_normal((n, d))
+  return np.maximum(0.5 * z + 0.2 + shift, 0).astype(np.float32)
+
+
+def _quantised(n, d, seed, shift=0.0):
+  x = np.minimum(np.round(_inception_like(n, d, seed, shift) * 16), 63) / 16
+  return x.astype(np.float32)
+
+
+def _sq_distances(a, b):
+  a, b = a.astype(np.float64), b.astype(np.float64)
+  return np.maximum((a * a).sum(1)[:, None] - 2 * a @ b.T + (b * b).sum(1)[None, :], 0)
+
+
+def _assert_exact_arithmetic(*sets):
+  """The two conditions of the module docstring under which quantised data is computed exactly."""
+  everything = np.concatenate(sets)
+  assert np.all(everything * 16 == np.round(everything * 16)) and everything.min() >= 0
+  max_sq_norm = float(np.max(np.sum(everything.astype(np.float64) ** 2, axis=1)))
+  assert 4 * max_sq_norm < 2**16, max_sq_norm
+  assert max(float(_sq_distances(a, b).max()) for a in sets for b in sets) < 2**13
+
+
+def _adm(generated, reference, k):
+  """ADM's ``Evaluator.compute_prec_recall(activations_ref, activations_sample)`` in float64.
+
+  ``ManifoldEstimator.manifold_radii``: index k of each partitioned row of squared distances;
+  ``evaluate_pr(features_1=ref, radii_1, features_2=sample, radii_2)`` with ``dist <= radius``,
+  returning (mean of features_2_status, mean of features_1_status) = (precision, recall). Returns
+  the counts behind them.
+  """
+  features_1, features_2 = reference, generated
+  radii_1 = np.partition(_sq_distances(features_1, features_1), k, axis=1)[:, k]
+  radii_2 = np.partition(_sq_distances(features_2, features_2), k, axis=1)[:, k]
+  distance = _sq_distances(features_1, features_2)
+  features_1_status = np.any(distance <= radii_2[None, :], axis=1)
+  features_2_status = np.any(distance <= radii_1[:, None], axis=0)
+  return int(features_2_status.sum()), int(features_1_status.sum())
+
+
+def _torch_fidelity(generated, reference, k):
+  """torch-fidelity's ``prc_features_to_metric`` (features_1 = generated), as counts."""
+  metric_prc = torch_fidelity_metric_module("metric_prc")
+  out = metric_prc.prc_features_to_metric(
+      torch.from_numpy(generated), torch.from_numpy(reference), prc_neighborhood=k,
+      prc_batch_size=10000, save_cpu_ram=False, verbose=False)
+  return _count(out["precision"], len(generated)), _count(out["recall"], len(reference))
+
+
+def _prdc(generated, reference, k):
+  """prdc's ``compute_prdc`` (real first): its dict, density as the total count of balls."""
+  import prdc  # pylint: disable=g-import-not-at-top  (a test-only peer)
+  out = prdc.compute_prdc(real_features=reference, fake_features=generated, nearest_k=k)
+  return {"density_total": _count(out["density"] * k, len(generated)),
+          "coverage": _count(out["coverage"], len(reference)),
+          "precision_strict": _count(out["precision"], len(generated)),
+          "recall_strict": _count(out["recall"], len(reference))}
+
+
+def _count(fraction, n):
+  """The integer count behind a peer's fraction (torch's is a float32 mean: ~1e-7 relative)."""
+  count = round(fraction * n)
+  assert abs(fraction * n - count) < 1e-3, (fraction, n)
+  return count
+
+
+def _counts(result):
+  return (int(result.generated_inside.sum()), int(result.reference_inside.sum()),
+          int(result.generated_ball_counts.sum()), int(result.reference_covered.sum()))
+
+
+@pytest.mark.parametrize("d", [64, 2048])
+def test_quantised_features_match_peers(d, capsys):
+  # Uneven sizes (neither a multiple of 8 devices nor of the blocks) and a shifted generated set,
+  # so that precision != recall and a swap of the two sets would show.
+  generated, reference = _quantised(601, d, seed=1, shift=0.08), _quantised(487, d, seed=2)
+  _assert_exact_arithmetic(generated, reference)
+  result = manifold.manifold_metrics(generated, reference, block_size=32)
+  inside, ref_inside, balls, covered = _counts(result)
+  assert inside != ref_inside * len(generated) / len(reference)
+  assert (inside, ref_inside) == _adm(generated, reference, 3)
+  assert (inside, ref_inside) == _torch_fidelity(generated, reference, 3)
+  peer = _prdc(generated, reference, 5)
+  assert (balls, covered) == (peer["density_total"], peer["coverage"])
+  assert result.precision == inside / 601 and result.recall == ref_inside / 487
+  assert result.coverage == covered / 487
+  # prdc's own arithmetic for density: (1/k) * mean of the per-sample counts.
+  assert result.density == (1.0 / 5) * np.mean(result.generated_ball_counts.astype(np.int64))
+  # The one-pair-of-metrics entry points agree with the combined one.
+  assert manifold.precision_recall(generated, reference, k=3) == (result.precision, result.recall)
+  assert manifold.density_coverage(generated, reference, k=5) == (result.density, result.coverage)
+  capsys.readouterr()  # prdc prints the set sizes
+
+
+def _robust(generated, reference, pr_k=3, dc_k=5):
+  """Which decisions float32 round-off cannot flip (module docstring), from float64 distances."""
+  g, r = generated.astype(np.float64), reference.astype(np.float64)
+  n = g.shape[1] + 8
+  gamma = n * _U32 / (1 - n * _U32)
+  norm_g, norm_r = np.linalg.norm(g, axis=1), np.linalg.norm(r, axis=1)
+  largest = max(norm_g.max(), norm_r.max())
+  d_gr = _sq_distances(g, r)
+  radius_g = np.partition(_sq_distances(g, g), pr_k, axis=1)[:, pr_k]
+  d_rr = _sq_distances(r, r)
+  radius_r, radius_r_dc = (np.partition(d_rr, k, axis=1)[:, k] for k in (pr_k, dc_k))
+  pair = (norm_g[:, None] + norm_r[None, :]) ** 2
+  bound_r = gamma * (pair + (norm_r[None, :] + largest) ** 2)  # the radius is the reference's
+  bound_g = gamma * (pair + (norm_g[:, None] + largest) ** 2)  # the radius is the generated's
+
+  def any_inside(margin, bound, axis):  # "any(margin <= 0)" is certain either way
+    return np.any(margin < -bound, axis=axis) | np.all(margin > bound, axis=axis)
+
+  precision = any_inside(d_gr - radius_r[None, :], bound_r, 1)
+  recall = any_inside(d_gr - radius_g[:, None], bound_g, 0)
+  coverage = np.abs(d_gr.min(axis=0) - radius_r_dc) > bound_r.max(axis=0)
+  density_pairs_in_doubt = int(np.sum(np.abs(d_gr - radius_r_dc[None, :]) <= bound_r))
+  return precision, recall, coverage, density_pairs_in_doubt
+
+
+def test_continuous_features_match_peers(capsys):
+  # d = 64: gamma ~4e-6, and with |x|² ~ 17 every precision, recall and coverage decision of these
+  # 1000 x 1037 points clears its round-off bound (asserted below); at d = 2048 the bound, ~30x
+  # larger, leaves some decisions in doubt, which is why the d = 2048 parity uses quantised data.
+  generated, reference = _inception_like(1000, 64, seed=1), _inception_like(1037, 64, 2, 0.05)
+  precision_ok, recall_ok, coverage_ok, in_doubt = _robust(generated, reference)
+  assert precision_ok.all() and recall_ok.all() and coverage_ok.all()
+  inside, ref_inside, balls, covered = _counts(manifold.manifold_metrics(generated, reference))
+  assert (inside, ref_inside) == _adm(generated, reference, 3)
+  assert (inside, ref_inside) == _torch_fidelity(generated, reference, 3)
+  peer = _prdc(generated, reference, 5)
+  assert covered == peer["coverage"]
+  # Each implementation may decide the pairs in doubt either way (7 of 1037000 here).
+  assert abs(balls - peer["density_total"]) <= in_doubt
+  capsys.readouterr()
+
+
+@pytest.mark.parametrize("generated_at_origin", [False, True])
+def test_one_device_and_eight_devices_agree(generated_at_origin):
+  assert jax.device_count() == 8
+  # Reference points at and near the origin, where the zero rows that pad either set would act if
+  # padding were not masked: a generated set far from them (shift) shows padded generated balls in
+  # recall and padded generated points in coverage; a generated point at the origin shows padded
+  # reference balls in precision and density.
+  generated = _quantised(203, 64, seed=3, shift=0.0 if generated_at_origin else 0.5)
+  reference = _quantised(150, 64, seed=4, shift=0.05)
+  reference[:6] = np.random.default_rng(0).integers(0, 2, (6, 64)) * (np.arange(64) < 3) / 16
+  if generated_at_origin:
+    generated[0] = 0
+  _assert_exact_arithmetic(generated, reference)
+  # One device, one block per set (203 and 150 rows): no padding at all.
+  one = Mesh(np.array(jax.devices()[:1]), ("rows",))
+  reference_counts = _counts(manifold.manifold_metrics(generated, reference, mesh=one))
+  assert (reference_counts[0], reference_counts[1]) == _adm(generated, reference, 3)
+  # 8 devices with blocks of 8: several row blocks per device, 24 and 32 column blocks, padding
+  # to 256 and 192 rows; and the default blocks (26 and 19 rows, padding to 208 and 152).
+  for block_size in (8, None):
+    result = manifold.manifold_metrics(generated, reference, block_size=block_size)
+    assert _counts(result) == reference_counts
+
+
+def test_duplicates_and_k1(capsys):
+  # Reference points 0..9 appear twice and generated points 0..9 are copies of them. With k = 1 a
+  # duplicated point's radius is the distance to its twin, 0, in every reference (the point itself
+  # is at index 0 of its sorted row): ADM's and torch-fidelity's "<=" put the copies inside
+  # (0 <= 0), prdc's "<" does not, so its density counts none of those balls.
+  base = _quantised(120, 64, seed=5)
+  reference = np.concatenate([base, base[:10]])
+  generated = np.concatenate([base[:10], _quantised(90, 64, seed=6, shift=0.05)])
+  _assert_exact_arithmetic(generated, reference)
+  radii = manifold.knn_radii(reference, 1, block_size=16)
+  assert np.all(radii[:10] == 0) and np.all(radii[120:] == 0) and np.all(radii[10:120] > 0)
+  result = manifold.manifold_metrics(generated, reference, pr_k=1, dc_k=1, block_size=16)
+  assert result.generated_inside[:10].all()
+  inside, ref_inside, balls, covered = _counts(result)
+  assert (inside, ref_inside) == _adm(generated, reference, 1)
+  assert (inside, ref_inside) == _torch_fidelity(generated, reference, 1)
+  peer = _prdc(generated, reference, 1)
+  assert (balls, covered) == (peer["density_total"], peer["coverage"])
+  assert peer["precision_strict"] < inside  # the "<" of prdc's precision, for the record
+  capsys.readouterr()
+
+
+def test_knn_radii_match_partition():
+  x = _quantised(333, 64, seed=7)
+  _assert_exact_arithmetic(x)
+  for k in (1, 4):
+    expected = np.partition(_sq_distances(x, x), k, axis=1)[:, k]
+    np.testing.assert_array_equal(manifold.knn_radii(x, k, block_size=16), expected)
+
+
+def test_jax_inputs_and_no_recompilation():
+  generated, reference = _quantised(100, 64, seed=8), _quantised(90, 64, seed=9)
+  expected = manifold.precision_recall(generated, reference)
+  size = manifold._manifold._cache_size()
+  assert manifold.precision_recall(jnp.asarray(generated), jnp.asarray(reference)) == expected
+  other = manifold.precision_recall(_quantised(100, 64, seed=10), _quantised(90, 64, seed=11))
+  assert manifold._manifold._cache_size() == size and other != expected
+
+
+FEATURES = np.ones((10, 4), np.float32)
+NAN = np.where(np.eye(10, 4, dtype=bool), np.nan, 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: manifold.precision_recall(FEATURES, FEATURES, k=10),
+     r"^pr_k: expected fewer than the 10 samples of reference \(a radius is the distance to the "
+     r"k-th nearest other point\), got 10$"),
+    (lambda: manifold.precision_recall(FEATURES[:4], FEATURES, k=4),
+     r"^pr_k: expected fewer than the 4 samples of generated .*, got 4$"),
+    (lambda: manifold.density_coverage(FEATURES, FEATURES, k=0),
+     r"^dc_k: expected an integer >= 1, got 0$"),
+    (lambda: manifold.precision_recall(FEATURES, np.ones((10, 5), np.float32)),
+     r"^reference: expected 4 features per row like generated, got shape \(10, 5\)$"),
+    (lambda: manifold.precision_recall(FEATURES.ravel(), FEATURES),
+     r"^generated: expected features of shape \(N, d\), got shape \(40,\)$"),
+    (lambda: manifold.density_coverage(FEATURES, FEATURES[:1]),
+     r"^reference: expected at least 2 samples \(a k-NN ball needs another point\), got shape "
+     r"\(1, 4\)$"),
+    (lambda: manifold.precision_recall(NAN, FEATURES),
+     r"^generated: expected finite features, got NaN or inf in 4 row\(s\)$"),
+    (lambda: manifold.precision_recall(FEATURES, jnp.asarray(NAN)),
+     r"^reference: expected finite features, got NaN or inf in 4 row\(s\)$"),
+    (lambda: manifold.precision_recall(FEATURES.astype(np.int32), FEATURES),
+     r"^generated: expected a floating array, got int32$"),
+    (lambda: manifold.precision_recall(FEATURES, FEATURES, block_size=0),
+     r"^block_size: expected a positive integer or None, got 0$"),
+    (lambda: manifold.precision_recall(FEATURES, FEATURES, mesh="gpu"),
+     r"^mesh: expected a 1-D jax.sharding.Mesh or None, got 'gpu'$"),
+    (lambda: jax.jit(lambda x: manifold.knn_radii(x, 3))(FEATURES),
+     r"^features: expected a concrete array, got a tracer"),
+], ids=["k_ge_n_reference", "k_ge_n_generated", "k_zero", "dims_differ", "not_2d",
+        "one_sample", "nan_numpy", "nan_jax", "integer", "block_size", "mesh", "tracer"])
+def test_bad_input(call, message):
+  with pytest.raises(InputError, match=message):
+    call()
