@@ -7,6 +7,10 @@ relative to FID. Over 20 seeds of these data (d = 128) the float32 kernel stayed
 the tests allow F32_TOL = 32 ε·scale: room for other LAPACK/BLAS builds without hiding a real loss,
 which shows up as 1e-4·scale and more (the eigvalsh-of-the-sandwich route: 3e-4·scale at d = 2048
 with N < d, 7e-4·scale on identical statistics; benchmarks/results/frechet_kernel.md).
+
+Routes: concrete float64 inputs (the NumPy statistics built here) are computed in float64 whatever
+the x64 flag, which the suite leaves off; the float32 tests therefore pass float32 arrays
+(``_f32``), as a jitted training loop would.
 """
 
 import warnings
@@ -41,6 +45,11 @@ def _features(seed, n, d=D, scale=1.0, tilt=0.0):
 
 def _stats(x):
   return x.mean(axis=0), np.cov(x, rowvar=False)
+
+
+def _f32(*arrays):
+  """NumPy float32 copies: inputs that take the float32 route with x64 off."""
+  return [np.asarray(a, np.float32) for a in arrays]
 
 
 def _exact_features_fid(x, y):
@@ -79,8 +88,8 @@ def test_float32_matches_float64_reference(case):
   x, y = _features(1, n1, scale=scale), _features(2, n2, scale=scale, tilt=0.1)
   stats = (*_stats(x), *_stats(y))
   reference = _reference_fid(*stats)
-  fid = frechet_distance(*stats)  # NumPy float64 with x64 off: computed in float32
-  assert fid.dtype == jnp.float32 and fid.shape == ()
+  fid = frechet_distance(*_f32(*stats))  # NumPy float32 with x64 off: computed in float32
+  assert isinstance(fid, jax.Array) and fid.dtype == jnp.float32 and fid.shape == ()
   assert abs(float(fid) - reference) <= F32_TOL * _scale(*stats)
   jax_f32 = frechet_distance(*[jnp.asarray(a, jnp.float32) for a in stats])
   assert abs(float(jax_f32) - reference) <= F32_TOL * _scale(*stats)
@@ -96,15 +105,136 @@ def test_float64_with_x64(case):
   reference = _reference_fid(*stats) if min(n1, n2) > D else _exact_features_fid(x, y)
   with jax.enable_x64(True):
     fid = frechet_distance(*stats)
-  assert fid.dtype == jnp.float64
+  assert isinstance(fid, np.float64)
   assert abs(float(fid) - reference) <= F64_TOL * _scale(*stats)
+
+
+def _relu_low_rank(seed, n, d=D, rank=D // 8):
+  """ReLU of a rank-16 Gaussian with a quarter of the channels dead (constant 0): a covariance
+  singular with N > d and a steep live spectrum, like Inception features with dead channels."""
+  weights = np.random.default_rng(77).standard_normal((rank, d)) / np.sqrt(rank)
+  bias = np.where(np.arange(d) % 4 == 0, -10.0, 0.2)  # P(z·w > 10) = 0 to double precision
+  return np.maximum(np.random.default_rng(seed).standard_normal((n, rank)) @ weights + bias, 0)
+
+
+def _near_identical():
+  x = _features(4, 2000)
+  return x, x[:1990] * (1 + 1e-4)
+
+
+# name: (features of x and y, reference). "exact" is the nuclear norm of X Yᵀ: the textbook eigh
+# reference carries √(ε64·λ) per null direction of a singular covariance (measured 2e-9·scale on
+# the ReLU case, far above F64_TOL); "textbook" is used where both covariances are full rank.
+HARD_CASES = {
+    "identical": (lambda: (_features(3, 2000),) * 2, "zero"),
+    "near_identical": (_near_identical, "textbook"),
+    "rank_deficient_both": (lambda: (_features(1, 60), _features(2, 90, tilt=0.1)), "exact"),
+    "rank_deficient_one": (lambda: (_features(1, 60), _features(2, 3000, tilt=0.1)), "exact"),
+    "relu_low_rank": (lambda: (_relu_low_rank(1, 1000), _relu_low_rank(2, 1200)), "exact"),
+    "large_scale": (lambda: (_features(1, 2000, scale=1e3), _features(2, 3000, scale=1e3,
+                                                                     tilt=0.1)), "textbook"),
+}
+
+
+@pytest.mark.parametrize("case", HARD_CASES)
+def test_float64_inputs_without_x64(case):
+  """Float64 in, float64 out: NumPy float64 statistics with x64 off (this suite's setting) are
+  computed in float64 to F64_TOL·scale of the float64 references, by frechet_distance and by a
+  FrechetReference made from them. The same data as float32 cannot meet that bar: rounding the
+  inputs to float32 alone is ε32 ≈ 1e-7 relative per entry (measured 1e-8..2e-7·scale), so the bar
+  shows that the float64 route ran."""
+  make, kind = HARD_CASES[case]
+  x, y = make()
+  stats = (*_stats(x), *_stats(y))
+  scale = _scale(*stats)
+  reference = {"zero": lambda: 0.0, "textbook": lambda: _reference_fid(*stats),
+               "exact": lambda: _exact_features_fid(x, y)}[kind]()
+  fid = frechet_distance(*stats)
+  assert isinstance(fid, np.float64)
+  assert abs(fid - reference) <= F64_TOL * scale
+  ref = FrechetReference.create(*stats[:2])
+  assert all(isinstance(a, np.ndarray) and a.dtype == np.float64 for a in jax.tree.leaves(ref))
+  distance = ref.distance(*stats[2:])
+  assert isinstance(distance, np.float64)
+  assert abs(distance - reference) <= F64_TOL * scale
+  fid32 = frechet_distance(*_f32(*stats))
+  assert isinstance(fid32, jax.Array) and fid32.dtype == jnp.float32
+  assert abs(float(fid32) - reference) > F64_TOL * scale
+
+
+def test_float64_route_inputs():
+  """Which inputs take the float64 route with x64 off: concrete ones of which one is float64."""
+  x, y = _features(13, 500, d=16), _features(14, 600, d=16, tilt=0.1)
+  stats = (*_stats(x), *_stats(y))
+  scale = _scale(*stats)
+  reference = _reference_fid(*stats)
+  with jax.enable_x64(True):
+    jax64 = [jnp.asarray(a) for a in stats]  # float64 jax.Arrays, used below with x64 off
+  as_lists = [a.tolist() for a in stats]
+  for inputs in (jax64, as_lists, [stats[0], *_f32(*stats[1:])]):
+    fid = frechet_distance(*inputs)
+    assert isinstance(fid, np.float64)
+    # The mixed case computes from float32-rounded covariances, widened: its own reference.
+    widened = [np.asarray(a, np.float64) for a in inputs]
+    assert abs(fid - _reference_fid(*widened)) <= F64_TOL * scale
+  assert abs(frechet_distance(*jax64) - reference) <= F64_TOL * scale
+  # Integers are not float64: the float32 route, as before.
+  ints = frechet_distance(np.zeros(4, np.int64), np.eye(4, dtype=np.int64), np.ones(4, np.int64),
+                          np.eye(4, dtype=np.int64))
+  assert isinstance(ints, jax.Array) and ints.dtype == jnp.float32
+  assert abs(float(ints) - 4.0) <= F32_TOL * 12  # ‖Δμ‖² = 4, scale = 4 + 4 + 4
+
+
+def test_traced_inputs_stay_float32():
+  """Under jit the route is JAX's: float32 with x64 off, NumPy float64 constants included, and a
+  float64 FrechetReference passed in as an argument serves a float32 training loop."""
+  x, y = _features(13, 500, d=16), _features(14, 600, d=16, tilt=0.1)
+  stats = (*_stats(x), *_stats(y))
+  scale = _scale(*stats)
+  reference = _reference_fid(*stats)
+  traced = jax.jit(frechet_distance)(*stats)
+  constants = jax.jit(lambda: frechet_distance(*stats))()  # no tracer among the inputs
+  ref = FrechetReference.create(*stats[:2])
+  in_loop = jax.jit(lambda ref, mu, sigma: ref.distance(mu, sigma))(ref, *stats[2:])
+  closed_over = jax.jit(lambda mu, sigma: ref.distance(mu, sigma))(*stats[2:])
+  for value in (traced, constants, in_loop, closed_over):
+    assert isinstance(value, jax.Array) and value.dtype == jnp.float32
+    assert abs(float(value) - reference) <= F32_TOL * scale
+  # Tracing with float64 constants must not flip x64 (that corrupts jit caches): both routes
+  # still work afterwards.
+  assert isinstance(frechet_distance(*stats), np.float64)
+  assert frechet_distance(*_f32(*stats)).dtype == jnp.float32
+  # A float64 reference outside jit takes the float64 route whatever its arguments' dtype.
+  mixed = ref.distance(*[jnp.asarray(a, jnp.float32) for a in stats[2:]])
+  assert isinstance(mixed, np.float64)
+
+
+def test_float64_route_compiles_once():
+  """The float64 route compiles one executable per shape, like the float32 one."""
+  from jaxmetrics.metrics import frechet as frechet_lib
+  kernels = (frechet_lib._frechet_distance, frechet_lib._create_reference,
+             frechet_lib._reference_distance, frechet_lib._features_distance)
+
+  def run(seed):
+    x, y = _features(seed, 300, d=24), _features(seed + 1, 400, d=24, tilt=0.1)
+    stats = (*_stats(x), *_stats(y))
+    assert isinstance(frechet_distance(*stats), np.float64)
+    assert isinstance(FrechetReference.create(*stats[:2]).distance(*stats[2:]), np.float64)
+    assert isinstance(frechet_distance_from_features(x, y), np.float64)
+
+  run(20)
+  sizes = [kernel._cache_size() for kernel in kernels]
+  run(30)
+  assert [kernel._cache_size() for kernel in kernels] == sizes
 
 
 def test_identical_statistics_give_zero():
   for n in (2000, 60):  # full rank and rank-deficient
     mu, sigma = _stats(_features(3, n))
     # |FID| of identical inputs is pure round-off: ≤ F32_TOL·scale (scale = 2 tr Σ ≈ 20 here).
-    assert abs(float(frechet_distance(mu, sigma, mu, sigma))) <= F32_TOL * 2 * np.trace(sigma)
+    mu32, sigma32 = _f32(mu, sigma)
+    assert abs(float(frechet_distance(mu32, sigma32, mu32, sigma32))) <= (
+        F32_TOL * 2 * np.trace(sigma))
     with jax.enable_x64(True):
       assert abs(float(frechet_distance(mu, sigma, mu, sigma))) <= F64_TOL * 2 * np.trace(sigma)
 
@@ -116,7 +246,7 @@ def test_near_identical_statistics():
   stats = (mu1, sigma1, mu2, sigma2)
   reference = _reference_fid(*stats)
   assert 0 < reference < 0.02 * _scale(*stats)
-  assert abs(float(frechet_distance(*stats)) - reference) <= F32_TOL * _scale(*stats)
+  assert abs(float(frechet_distance(*_f32(*stats))) - reference) <= F32_TOL * _scale(*stats)
 
 
 def _near_duplicate(independent_eps, seed=0):
@@ -136,7 +266,7 @@ def test_near_duplicate_feature(independent_eps):
   x, y = _near_duplicate(independent_eps), _features(2, 3000, tilt=0.1)
   stats = (*_stats(x), *_stats(y))
   # Measured: 0.8, 11, 2.6 and 0.4 ε·scale; the eigh factor alone would give 0.8, 11, 31 and 0.4.
-  error = abs(float(frechet_distance(*stats)) - _exact_features_fid(x, y))
+  error = abs(float(frechet_distance(*_f32(*stats))) - _exact_features_fid(x, y))
   assert error <= F32_TOL * _scale(*stats)
 
 
@@ -184,7 +314,7 @@ def test_matches_pytorch_fid_sqrtm_route():
     fid = float(frechet_distance(mu1, sigma1, mu2, sigma2))
   # sqrtm's Schur method loses ~κ·ε64 (κ(Σ₁Σ₂) ~ 1e3 here): 1e-10 of the scale is ample.
   assert abs(fid - peer) <= 1e-10 * _scale(mu1, sigma1, mu2, sigma2)
-  assert abs(float(frechet_distance(mu1, sigma1, mu2, sigma2)) - peer) <= (
+  assert abs(float(frechet_distance(*_f32(mu1, sigma1, mu2, sigma2))) - peer) <= (
       F32_TOL * _scale(mu1, sigma1, mu2, sigma2))
 
 
@@ -207,27 +337,35 @@ def test_features_route(n1, n2):
   # cheaper there) for N > d, where it has no null space to take square roots of.
   exact = _exact_features_fid(x, y) if min(n1, n2) < D else _reference_fid(*_stats(x), *_stats(y))
   scale = _scale(*_stats(x), *_stats(y))
+  x32, y32 = _f32(x, y)
   if min(n1, n2) < D:
     with pytest.warns(UserWarning, match=r"fewer than d = 128.*biased.*exact small-sample route"):
-      fid = frechet_distance_from_features(x, y)
+      fid = frechet_distance_from_features(x32, y32)
   else:
     with warnings.catch_warnings():
       warnings.simplefilter("error", UserWarning)  # no warning with enough samples
-      fid = frechet_distance_from_features(x, y)
+      fid = frechet_distance_from_features(x32, y32)
     # On N > d data both routes factor the same covariances: they agree to float32 round-off.
-    assert abs(float(fid) - float(frechet_distance(*_stats(x), *_stats(y)))) <= F32_TOL * scale
+    assert abs(float(fid) - float(frechet_distance(*_f32(*_stats(x), *_stats(y))))) <= (
+        F32_TOL * scale)
+  assert fid.dtype == jnp.float32
   assert abs(float(fid) - exact) <= F32_TOL * scale
-  with jax.enable_x64(True), warnings.catch_warnings():
+  with warnings.catch_warnings():
     warnings.simplefilter("ignore", UserWarning)  # the N < d warning is checked above
-    fid64 = frechet_distance_from_features(x, y)
-  assert abs(float(fid64) - exact) <= F64_TOL * scale
+    fid64 = frechet_distance_from_features(x, y)  # float64 features, x64 off: the float64 route
+    with jax.enable_x64(True):
+      fid64_x64 = frechet_distance_from_features(x, y)
+  assert isinstance(fid64, np.float64)
+  for value in (fid64, fid64_x64):
+    assert abs(float(value) - exact) <= F64_TOL * scale
 
 
 def test_reference_matches_frechet_distance():
   x, y = _features(11, 500, d=32), _features(12, 700, d=32, tilt=0.1)
-  (mu1, sigma1), (mu2, sigma2) = _stats(x), _stats(y)
+  (mu1, sigma1), (mu2, sigma2) = _f32(*_stats(x)), _f32(*_stats(y))
   direct = float(frechet_distance(mu1, sigma1, mu2, sigma2))
   ref = FrechetReference.create(mu1, sigma1)
+  assert isinstance(ref.factor, jax.Array) and ref.factor.dtype == jnp.float32
   # Same operations, compiled in two programs: equal up to a few float32 ulps of the scale.
   tol = 4 * np.finfo(np.float32).eps * _scale(mu1, sigma1, mu2, sigma2)
   assert abs(float(ref.distance(mu2, sigma2)) - direct) <= tol
@@ -236,19 +374,22 @@ def test_reference_matches_frechet_distance():
   inside = jax.jit(lambda mu1, sigma1, mu2, sigma2: FrechetReference.create(mu1, sigma1).distance(
       mu2, sigma2))
   assert abs(float(inside(mu1, sigma1, mu2, sigma2)) - direct) <= tol
+  stats64 = (*_stats(x), *_stats(y))
   with jax.enable_x64(True):
-    ref64 = FrechetReference.create(mu1, sigma1)
+    ref64 = FrechetReference.create(*stats64[:2])
     assert ref64.factor.dtype == jnp.float64
-    assert abs(float(ref64.distance(mu2, sigma2)) - float(frechet_distance(
-        mu1, sigma1, mu2, sigma2))) <= F64_TOL * _scale(mu1, sigma1, mu2, sigma2)
+    assert abs(float(ref64.distance(*stats64[2:])) - float(frechet_distance(*stats64))) <= (
+        F64_TOL * _scale(*stats64))
 
 
 def test_jit_and_tracers():
   mu1, sigma1 = _stats(_features(13, 500, d=16))
   mu2, sigma2 = _stats(_features(14, 500, d=16, tilt=0.1))
-  eager = float(frechet_distance(mu1, sigma1, mu2, sigma2))
-  jitted = float(jax.jit(frechet_distance)(mu1, sigma1, mu2, sigma2))
-  assert abs(jitted - eager) <= F32_TOL * _scale(mu1, sigma1, mu2, sigma2)
+  eager = frechet_distance(mu1, sigma1, mu2, sigma2)  # NumPy float64: the float64 route
+  jitted = jax.jit(frechet_distance)(mu1, sigma1, mu2, sigma2)  # traced: float32, x64 off
+  assert isinstance(eager, np.float64)
+  assert isinstance(jitted, jax.Array) and jitted.dtype == jnp.float32
+  assert abs(float(jitted) - float(eager)) <= F32_TOL * _scale(mu1, sigma1, mu2, sigma2)
 
 
 def _good(d=8):
@@ -265,10 +406,11 @@ BAD_INPUTS = {
     "matrix_mean": (lambda m, s: frechet_distance(m[None], s, m, s),
                     r"^mu1: expected a mean vector"),
     "nan_sigma": (lambda m, s: frechet_distance(m, s, m, np.where(np.eye(8) > 0, np.nan, s)),
-                  r"^sigma2: expected finite float32 values, got 8 NaN and 0 inf"),
-    "inf_mean_jax": (lambda m, s: frechet_distance(jnp.asarray(m).at[0].set(jnp.inf), s, m, s),
-                     r"^mu1: expected finite float32 values, got 0 NaN and 1 inf"),
-    "float32_overflow": (lambda m, s: frechet_distance(m * 1e39, s, m, s),
+                  r"^sigma2: expected finite float64 values, got 8 NaN and 0 inf"),
+    "inf_mean_jax": (lambda m, s: frechet_distance(*_f32(m, s), jnp.asarray(m, jnp.float32).at[
+        0].set(jnp.inf), _f32(s)[0]), r"^mu2: expected finite float32 values, got 0 NaN and 1 inf"),
+    # Traced sigma1: the float32 route, where a NumPy float64 constant mean can overflow the cast.
+    "float32_overflow": (lambda m, s: jax.jit(lambda s: frechet_distance(m * 1e39, s, m, s))(s),
                          r"^mu1: expected finite float32 values, got 0 NaN and 8 inf"),
     "complex": (lambda m, s: frechet_distance(m + 0j, s, m, s), r"^mu1: expected real"),
     "reference_mismatch": (lambda m, s: FrechetReference.create(m, s).distance(m[:4], s[:4, :4]),
@@ -282,7 +424,7 @@ BAD_INPUTS = {
         r"got shape \(5, 7\)$"),
     "nan_features": (
         lambda m, s: frechet_distance_from_features(np.full((20, 8), np.nan), np.ones((20, 8))),
-        r"^x: expected finite float32 values, got 160 NaN"),
+        r"^x: expected finite float64 values, got 160 NaN"),
     "features_1d": (lambda m, s: frechet_distance_from_features(np.ones(8), np.ones((5, 8))),
                     r"^x: expected features of shape \(N, d\), got shape \(8,\)$"),
 }

@@ -61,13 +61,18 @@ def test_matches_torch_fidelity_float32(method, variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_matches_torch_fidelity_float64(method, variant):
+  """Float64 in, float64 out: float64 features give float64 KID with x64 off (the suite's
+  setting) as with it on, like the peer fed float64 tensors."""
   x, y = (f.astype(np.float64) for f in _features(seed=1))
   kwargs = {**SMALL, **variant}
+  peer = _torch_fidelity(x, y, **kwargs)
   with jax.enable_x64(True):
     mean, std = kid(x, y, **kwargs)
     assert mean.dtype == jnp.float64
-  np.testing.assert_allclose([float(mean), float(std)], _torch_fidelity(x, y, **kwargs),
-                             rtol=F64_RTOL)
+  np.testing.assert_allclose([float(mean), float(std)], peer, rtol=F64_RTOL)
+  mean, std = kid(x, y, **kwargs)
+  assert isinstance(mean, np.float64) and isinstance(std, np.float64)
+  np.testing.assert_allclose([mean, std], peer, rtol=F64_RTOL)
 
 
 def test_default_route_choice():
@@ -110,6 +115,12 @@ def test_does_not_recompile():
   kid(x, y, **SMALL)
   size = kid_lib._kid._cache_size()
   kid(x * 2, y, **SMALL, seed=3, gamma=0.1, coef0=0.5)
+  assert kid_lib._kid._cache_size() == size
+  # The float64 route (under jax.enable_x64) compiles its own executable once, too.
+  x64, y64 = x.astype(np.float64), y.astype(np.float64)
+  kid(x64, y64, **SMALL)
+  size = kid_lib._kid._cache_size()
+  kid(x64 * 2, y64, **SMALL, seed=3, gamma=0.1, coef0=0.5)
   assert kid_lib._kid._cache_size() == size
 
 
@@ -161,21 +172,27 @@ def _textbook_mmd2(x, y, d):
 
 
 def test_float64_kid_where_float32_cancels():
-  """What evaluate and the CLI report: float64, accurate where float32 sums cancel badly.
+  """Float64 features with x64 off: float64 KID, accurate where float32 sums cancel badly.
 
   Features offset by 20 (random-weight Inception pool3 has an RMS of ~20) make the kernel values
   ~(400 + 1)³ = 6e7 and MMD² thousands of times smaller. float32 sums then lose ~1e-3 of MMD²
   (measured 4.3e-3 here on the CPU; 1.8e-3 on an H100 at 2560 rows), which the first assertion
-  checks so that the second has teeth. float64: the textbook value to 1e-9 (4e-12 measured).
+  checks so that the others have teeth. float64: the textbook value to 1e-9 (4e-12 measured),
+  whichever input is float64 (the other is widened) and whether NumPy or a float64 jax.Array.
   """
-  from jaxmetrics.pipeline.evaluation import float64_kid
   rng = np.random.default_rng(3)
   n, d = 600, 64
   x = (rng.normal(size=(n, d)) * 3 + 20).astype(np.float32)
   y = (rng.normal(size=(n, d)) * 3.05 + 20.02).astype(np.float32)
   reference = _textbook_mmd2(x, y, d)
-  float32 = float(kid(x, y, subsets=1, subset_size=n)[0])
-  assert abs(float32 - reference) > 1e-5 * abs(reference)
-  mean, std = float64_kid(x, y, subsets=1, subset_size=n)
-  assert mean == pytest.approx(reference, rel=1e-9)
-  assert std == 0.0
+  float32 = kid(x, y, subsets=1, subset_size=n)[0]
+  assert isinstance(float32, jax.Array) and float32.dtype == jnp.float32
+  assert abs(float(float32) - reference) > 1e-5 * abs(reference)
+  x64, y64 = x.astype(np.float64), y.astype(np.float64)
+  with jax.enable_x64(True):
+    jax_x64 = jnp.asarray(x64)  # used below with x64 off
+  for inputs in ((x64, y64), (x, y64), (jax_x64, y)):
+    mean, std = kid(*inputs, subsets=1, subset_size=n)
+    assert isinstance(mean, np.float64) and isinstance(std, np.float64)
+    assert mean == pytest.approx(reference, rel=1e-9)
+    assert std == 0.0

@@ -24,8 +24,13 @@ gives FID 0.0115 for identical statistics, 0.0126 instead of 0.00145 for near-id
 factor route stays within 3e-7 of the traces in all of these, and with Cholesky factors it is
 also the faster of the two (0.97 s vs 1.08 s at d = 2048 on 2 CPU cores).
 
-Everything here runs under ``jax.jit`` on the default device, with matrix products at
-``Precision.HIGHEST`` (TPUs and GPUs with TF32 would otherwise round products to ~1e-3).
+Everything here runs under ``jax.jit``, with matrix products at ``Precision.HIGHEST`` (TPUs and
+GPUs with TF32 would otherwise round products to ~1e-3). Float64 in, float64 out: concrete inputs
+of which one is float64 (NumPy statistics such as pytorch-fid's ``.npz``) are computed in float64
+whatever ``jax_enable_x64`` says, as the PyTorch peers compute them, on the default device if it
+is a CPU or GPU and on the host CPU otherwise (TPUs emulate float64), and come back as NumPy
+float64. Traced inputs (under ``jit``) and concrete ones of narrower types follow JAX's dtype rule
+on the default device: float32 unless x64 is on.
 """
 
 import warnings
@@ -36,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmetrics._errors import InputError
+from jaxmetrics.metrics import _float64
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 
@@ -54,7 +60,7 @@ _ROUND_OFF_EPS = 4
 _CHOLESKY_PIVOT_EPS = 4
 
 
-def frechet_distance(mu1, sigma1, mu2, sigma2) -> jax.Array:
+def frechet_distance(mu1, sigma1, mu2, sigma2) -> jax.Array | np.float64:
   r"""Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2): FID from statistics.
 
   .. math::
@@ -82,15 +88,16 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> jax.Array:
   * float32: |error| ≤ 3e-7 · scale with N = 10000 per side (1.9e-7 relative), with N = 1000 < d on
     one or both sides (≤ 2.5e-7 relative), for identical statistics (-3.8e-6, scale 17) and
     near-identical ones (FID 0.00145 ± 3e-6).
-  * float64 (``jax_enable_x64``): |error| ≤ 2e-16 · scale, singular covariances included, where the
-    float64 ``eigvals``/``sqrtm`` routes of the peers are off by up to 7e-8 · scale.
+  * float64 (float64 inputs, or traced ones with x64 on): |error| ≤ 2e-16 · scale, singular
+    covariances included, where the float64 ``eigvals``/``sqrtm`` routes of the peers are off by up
+    to 7e-8 · scale.
   * float32 cannot resolve a covariance whose eigenvalues span more than ~1/eps (1e7): dead
     (constant) features plus N close to d, or a steep spectrum. On random-weight Inception features
     (N = 2500, 22 dead channels, eigenvalues from 2e-8 to 4e4) float32 gives FID 575.97 for 561.64;
     on a k^-2.5 spectrum 13% off (``tests/test_evaluation.py``), where float64 stays within 3e-12 of
     the exact value from features. ``jaxmetrics.fid``, ``evaluate`` and the command line therefore
-    compute the distance in float64 on the host CPU; inside a jitted training loop, float32 is
-    right for tracking progress, and final numbers should come from float64.
+    compute the distance in float64; inside a jitted training loop, float32 is right for tracking
+    progress, and final numbers should come from float64 statistics outside ``jit``.
 
   Time at d = 2048 on the 2-core benchmark CPU (``benchmarks/results/frechet_kernel*.md``): with
   both cores, 0.97 s in float32 and 1.78 s in float64 (``FrechetReference.distance``: 0.90 s and
@@ -98,11 +105,19 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> jax.Array:
   routes of torch-fidelity and torchmetrics 2.0-2.1 s; with one thread per library, 1.34 s (8.7x)
   and 1.30 s (9.0x) against 11.7 s. Most of it is the float32 singular values (0.74 s on 2 cores).
 
-  The computation runs in float64 when ``jax_enable_x64`` is on and an input is float64, otherwise
-  in float32: NumPy float64 statistics (pytorch-fid's ``.npz``) are rounded to float32 when x64 is
-  off. Cost: two Cholesky factorisations (or ``eigh``), one product and one singular-value
-  decomposition of d x d matrices. For many distances to one reference, :class:`FrechetReference`
-  caches the reference's factor.
+  Dtypes: float64 in, float64 out. When no input is traced and one is float64 (a NumPy array, a
+  list of floats, a ``jax.Array`` made with x64 on), all are widened to float64 and the distance
+  is computed under ``jax.enable_x64(True)`` whatever the global flag, on the default device if it
+  is a CPU or GPU and on the host CPU otherwise (TPUs emulate float64); the result is a NumPy
+  ``float64`` (a float64 ``jax.Array`` outside an x64 scope would silently compute in float32 in
+  further ``jnp`` operations). That route compiles once per shape, like the float32 one. Traced
+  inputs (inside ``jit``, NumPy constants there included) and concrete inputs none of which is
+  float64 keep JAX's rule: float64 if x64 is on and an input is float64, else float32, on the
+  default device, returned as a ``jax.Array``.
+
+  Cost: two Cholesky factorisations (or ``eigh``), one product and one singular-value decomposition
+  of d x d matrices. For many distances to one reference, :class:`FrechetReference` caches the
+  reference's factor.
 
   Args:
     mu1: mean of the first set of features, shape (d,).
@@ -113,7 +128,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> jax.Array:
     sigma2: covariance of the second set, shape (d, d).
 
   Returns:
-    The squared Fréchet distance, a scalar ``jax.Array`` of the computation dtype.
+    The squared Fréchet distance: a ``numpy.float64`` on the float64 route, else a scalar
+    ``jax.Array`` of the computation dtype.
 
   Raises:
     InputError: for wrong shapes, mismatched dimensions, non-real or non-finite values (checked on
@@ -124,9 +140,13 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> jax.Array:
     mu1, sigma1 = jaxmetrics.load_stats("cifar10_train.npz")
     fid = float(frechet_distance(mu1, sigma1, stats.mean, stats.covariance()))
   """
-  dtype = _compute_dtype(mu1, sigma1, mu2, sigma2)
+  (mu1, sigma1, mu2, sigma2), dtype, float64 = _route(
+      ("mu1", mu1), ("sigma1", sigma1), ("mu2", mu2), ("sigma2", sigma2))
   mu1, sigma1 = _check_mean_cov("mu1", mu1, "sigma1", sigma1, dtype)
   mu2, sigma2 = _check_mean_cov("mu2", mu2, "sigma2", sigma2, dtype, like=("mu1", mu1))
+  if float64:
+    with _float64.scope():
+      return np.float64(_frechet_distance(mu1, sigma1, mu2, sigma2))
   return _frechet_distance(mu1, sigma1, mu2, sigma2)
 
 
@@ -140,8 +160,16 @@ class FrechetReference:
   ``ref.distance(mu, sigma)`` is then :func:`frechet_distance` ``(mu_ref, sigma_ref, mu, sigma)``
   at the cost of one factorisation, one product and one singular-value decomposition: the common
   case of a fixed data set and a model evaluated during training. It is a pytree, so it can be
-  passed to (and created inside) a jitted function; its arrays keep the dtype of the statistics it
-  was created from.
+  passed to (and created inside) a jitted function.
+
+  Dtypes follow :func:`frechet_distance`. Created outside ``jit`` from statistics of which one is
+  float64, the reference is factored in float64 and holds NumPy float64 arrays (they exist
+  whatever the x64 flag); ``distance`` outside ``jit`` then takes the float64 route, whatever the
+  dtype of ``mu`` and ``sigma``, and returns a ``numpy.float64``. Passed into a jitted function
+  with x64 off, those arrays become float32 like any NumPy argument, so the same reference serves
+  a float32 training loop. Created from float32 statistics, or inside ``jit``, it holds
+  ``jax.Array`` leaves of the computation dtype and ``distance`` computes in it, unless ``mu`` or
+  ``sigma`` is a concrete float64 array.
 
   Attributes:
     mu: reference mean, shape (d,).
@@ -152,7 +180,8 @@ class FrechetReference:
 
     ref = FrechetReference.create(*jaxmetrics.load_stats("imagenet256_ref.npz"))
     step_fid = jax.jit(lambda ref, mu, sigma: ref.distance(mu, sigma))
-    fid = step_fid(ref, stats.mean, stats.covariance())
+    fid = step_fid(ref, stats.mean, stats.covariance())         # float32 jax.Array
+    final = ref.distance(stats.mean, stats.covariance())        # outside jit: numpy.float64
   """
 
   mu: jax.Array
@@ -162,19 +191,27 @@ class FrechetReference:
   @classmethod
   def create(cls, mu, sigma) -> "FrechetReference":
     """Prepares reference statistics mu (d,), sigma (d, d); same checks as frechet_distance."""
-    dtype = _compute_dtype(mu, sigma)
+    (mu, sigma), dtype, float64 = _route(("mu", mu), ("sigma", sigma))
     mu, sigma = _check_mean_cov("mu", mu, "sigma", sigma, dtype)
+    if float64:
+      with _float64.scope():
+        return jax.device_get(_create_reference(mu, sigma))
     return _create_reference(mu, sigma)
 
-  def distance(self, mu, sigma) -> jax.Array:
+  def distance(self, mu, sigma) -> jax.Array | np.float64:
     """frechet_distance(self.mu, Σ_ref, mu, sigma) from the cached factor; same checks, dtypes."""
-    dtype = _compute_dtype(self.mu, mu, sigma)
-    mu, sigma = _check_mean_cov("mu", mu, "sigma", sigma, dtype, like=("reference mu", self.mu))
-    ref = jax.tree.map(lambda a: a.astype(dtype), self)
+    (mu, sigma, *leaves), dtype, float64 = _route(
+        ("mu", mu), ("sigma", sigma), *((f"reference {name}", getattr(self, name))
+                                        for name in ("mu", "factor", "trace")))
+    ref = jax.tree.map(lambda a: a.astype(dtype), FrechetReference(*leaves))
+    mu, sigma = _check_mean_cov("mu", mu, "sigma", sigma, dtype, like=("reference mu", ref.mu))
+    if float64:
+      with _float64.scope():
+        return np.float64(_reference_distance(ref, mu, sigma))
     return _reference_distance(ref, mu, sigma)
 
 
-def frechet_distance_from_features(x, y) -> jax.Array:
+def frechet_distance_from_features(x, y) -> jax.Array | np.float64:
   r"""Fréchet distance between the Gaussians fitted to two feature sets: FID from features.
 
   With means :math:`\mu_x, \mu_y`, centred features :math:`X` (N₁ x d), :math:`Y` (N₂ x d) and the
@@ -196,19 +233,21 @@ def frechet_distance_from_features(x, y) -> jax.Array:
   With fewer samples than dimensions the covariance is singular and FID is strongly biased upwards
   (it depends on N), so a ``UserWarning`` says so; compare FIDs only at equal N.
 
-  Accuracy as :func:`frechet_distance`. The computation dtype follows the same rule.
+  Accuracy as :func:`frechet_distance`. Dtypes follow the same rule: float64 features outside
+  ``jit`` are computed in float64 and give a ``numpy.float64``.
 
   Args:
     x: features of the first set, shape (N₁, d), N₁ ≥ 2.
     y: features of the second set, shape (N₂, d), N₂ ≥ 2.
 
   Returns:
-    The squared Fréchet distance, a scalar ``jax.Array``.
+    The squared Fréchet distance, a ``numpy.float64`` or a scalar ``jax.Array`` as in
+    :func:`frechet_distance`.
 
   Raises:
     InputError: for wrong shapes, fewer than 2 samples, mismatched d, non-finite values.
   """
-  dtype = _compute_dtype(x, y)
+  (x, y), dtype, float64 = _route(("x", x), ("y", y))
   x = _check_features("x", x, dtype)
   y = _check_features("y", y, dtype, like=("x", x))
   d = x.shape[1]
@@ -218,6 +257,9 @@ def frechet_distance_from_features(x, y) -> jax.Array:
     warnings.warn(
         f"{' and '.join(small)} samples, fewer than d = {d}: the covariance is singular and FID is "
         "biased at this sample size; using the exact small-sample route", UserWarning, stacklevel=2)
+  if float64:
+    with _float64.scope():
+      return np.float64(_features_distance(x, y))
   return _features_distance(x, y)
 
 
@@ -309,10 +351,19 @@ def _features_distance(x, y):
 # Host-side checks, before jit: they raise one-line InputErrors instead of returning NaN.
 
 
-def _compute_dtype(*arrays):
-  """float64 if an input is float64 and jax_enable_x64 is on, else float32 (also for ints)."""
-  wide = any(np.dtype(getattr(a, "dtype", np.float64)) == np.float64 for a in arrays)
-  return jax.dtypes.canonicalize_dtype(np.float64 if wide else np.float32)
+def _route(*named):
+  """``(arrays, dtype, float64)`` for ``(name, value)`` pairs: the route they take.
+
+  Concrete inputs of which one is float64 take the float64 route (``float64`` True): all become
+  NumPy float64, to be computed under ``_float64.scope()``. Otherwise (a traced input, or none
+  float64) the dtype is float64 if an input is float64 and jax_enable_x64 is on, else float32
+  (also for integers), and the arrays stay where they are.
+  """
+  arrays = [_as_array(name, value) for name, value in named]
+  if _float64.takes_route(*arrays):
+    return [np.asarray(a, np.float64) for a in arrays], np.dtype(np.float64), True
+  wide = any(np.dtype(a.dtype) == np.float64 for a in arrays)
+  return arrays, jax.dtypes.canonicalize_dtype(np.float64 if wide else np.float32), False
 
 
 def _is_tracer(x):
@@ -321,6 +372,13 @@ def _is_tracer(x):
 
 def _as_real_array(name, x, dtype):
   """x cast to dtype: host values as a NumPy array, a jax array (or tracer) on its device."""
+  x = _as_array(name, x)
+  with np.errstate(over="ignore"):  # an overflow to inf is reported by _check_finite
+    return x.astype(dtype)
+
+
+def _as_array(name, x):
+  """x as a NumPy array (host values: lists, scalars) or as it is (jax arrays, tracers); real."""
   if not isinstance(x, jax.Array):
     try:
       x = np.asarray(x)
@@ -330,8 +388,7 @@ def _as_real_array(name, x, dtype):
       ) from None
   if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)):
     raise InputError(f"{name}: expected real (float or integer) values, got dtype {x.dtype}")
-  with np.errstate(over="ignore"):  # an overflow to inf is reported by _check_finite
-    return x.astype(dtype)
+  return x
 
 
 def _check_finite(name, x):

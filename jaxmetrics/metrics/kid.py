@@ -25,15 +25,18 @@ fewer operations (chosen on the host from the sizes, both give the same sums up 
   under the same memory bound, and every subset's sum is read off it with 0/1 membership vectors
   ``a``: ``Σ_{i,j∈S} k(xᵢ, xⱼ) = aᵀ K a``. With ``n = m`` this is ``subsets``× fewer FLOPs.
 
-Products run at ``Precision.HIGHEST`` (no TF32 on GPUs). Computation is in float64 when
-``jax_enable_x64`` is on and float32 otherwise, as torch-fidelity does (it evaluates float32
-features in float32 NumPy). In float32, MMD² is a difference of kernel means of order
+Products run at ``Precision.HIGHEST`` (no TF32 on GPUs). Dtypes: float64 in, float64 out. If
+either feature array is float64 (NumPy, or a ``jax.Array`` made with x64 on), both are widened and
+KID is computed under ``jax.enable_x64(True)`` whatever the global flag, on the default device if
+it is a CPU or GPU and on the host CPU otherwise (TPUs emulate float64), and returned as NumPy
+float64; otherwise it is computed in float64 when ``jax_enable_x64`` is on and in float32 when it
+is off, as torch-fidelity does (it evaluates float32 features in float32 NumPy and float64 ones in
+float64). In float32, MMD² is a difference of kernel means of order
 ``(γ|x|² + coef0)^degree`` (~1..10 for Inception features) and inherits ~1e-6 of that as absolute
 error, like torch-fidelity's own (measured: both within 5e-7 of float64 on 2048-d features); in
 float64 it agrees with torch-fidelity given float64 features to ~1e-14 relative. Where the kernel
 values are far larger than MMD² (random-weight features of RMS ~20: kernels ~6e7, MMD² ~3e4)
-float32 loses ~1e-3 relative, so ``evaluate`` and the CLI compute KID in float64
-(:func:`jaxmetrics.pipeline.evaluation.float64_kid`).
+float32 loses ~1e-3 relative, so ``evaluate`` and the CLI compute KID from float64 features.
 """
 
 import functools
@@ -45,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmetrics._errors import InputError
+from jaxmetrics.metrics import _float64
 
 _HIGHEST = jax.lax.Precision.HIGHEST
 _MEMORY_BUDGET = 256 * 2**20
@@ -57,8 +61,8 @@ def kid(features1, features2, *, subsets=100, subset_size=1000, degree=3, gamma=
   Formula, defaults and the torch-fidelity correspondence are in the module docstring. Equal to
   ``kid_features_to_metric(f1, f2, kid_subsets=subsets, kid_subset_size=subset_size,
   kid_kernel_poly_degree=degree, kid_kernel_poly_gamma=gamma, kid_kernel_poly_coef0=coef0,
-  rng_seed=seed)``. Compiled once per shape, dtype and ``degree``; the seed, ``gamma`` and
-  ``coef0`` do not trigger recompilation.
+  rng_seed=seed)``. Compiled once per shape, dtype and ``degree`` (the float64 route included);
+  the seed, ``gamma`` and ``coef0`` do not trigger recompilation.
 
   Args:
     features1: float array ``(N1, d)``, ``N1 >= subset_size``.
@@ -71,8 +75,10 @@ def kid(features1, features2, *, subsets=100, subset_size=1000, degree=3, gamma=
     seed: seed of ``numpy.random.RandomState`` for the draws.
 
   Returns:
-    ``(mean, std)`` as 0-d arrays, float64 when x64 is enabled, else float32. Values slightly below
-    0 are valid: the estimator is unbiased, and equal distributions give 0 on average.
+    ``(mean, std)``: two ``numpy.float64`` when a feature array is float64 (the float64 route of
+    the module docstring), else two 0-d ``jax.Array``, float64 when x64 is enabled and float32 when
+    it is not. Values slightly below 0 are valid: the estimator is unbiased, and equal
+    distributions give 0 on average.
   """
   f1 = _check_features(features1, "features1")
   f2 = _check_features(features2, "features2")
@@ -95,16 +101,25 @@ def kid(features1, features2, *, subsets=100, subset_size=1000, degree=3, gamma=
   if not isinstance(coef0, numbers.Real) or not math.isfinite(coef0) or coef0 < 0:
     raise InputError(f"coef0: expected a finite number >= 0, got {coef0!r}")
 
-  dtype = jax.dtypes.canonicalize_dtype(jnp.float64)
+  draws = _draw_subsets(n1, n2, subsets, subset_size, seed)
+  method = _choose_method(n1, n2, d, subsets, subset_size)
+  if _float64.takes_route(f1, f2):
+    with _float64.scope() as device:
+      # device_put first: a jax array committed to another device would pull the jit there.
+      mean, std = _evaluate(jax.device_put(f1, device), jax.device_put(f2, device), draws, gamma,
+                            coef0, np.float64, degree=int(degree), method=method)
+      return np.float64(mean), np.float64(std)
+  return _evaluate(f1, f2, draws, gamma, coef0, jax.dtypes.canonicalize_dtype(jnp.float64),
+                   degree=int(degree), method=method)
+
+
+def _evaluate(f1, f2, draws, gamma, coef0, dtype, *, degree, method):
   f1, f2 = jnp.asarray(f1, dtype), jnp.asarray(f2, dtype)
   for name, bad in zip(("features1", "features2"), jax.device_get(_nonfinite_rows(f1, f2))):
     if bad:
       raise InputError(f"{name}: expected finite values, got NaN or inf in {int(bad)} row(s)")
-
-  idx1, idx2 = _draw_subsets(n1, n2, subsets, subset_size, seed)
-  method = _choose_method(n1, n2, d, subsets, subset_size)
-  return _kid(f1, f2, idx1, idx2, jnp.asarray(gamma, dtype), jnp.asarray(coef0, dtype),
-              degree=int(degree), method=method)
+  return _kid(f1, f2, *draws, jnp.asarray(gamma, dtype), jnp.asarray(coef0, dtype),
+              degree=degree, method=method)
 
 
 def _is_int(x):
