@@ -1,8 +1,8 @@
 """jaxmetrics: evaluation metrics for generative image models, in JAX.
 
 The FID Inception-v3 as a Flax module that reproduces the TensorFlow reference network
-(:mod:`jaxmetrics.networks.inception`), its weights registry (:mod:`jaxmetrics.checkpoints.weights`) and the metrics
-built on it. What users call is re-exported here; other modules are free to change.
+(:mod:`jaxmetrics.networks.inception`), its weights registry (:mod:`jaxmetrics.checkpoints.weights`) and
+the metrics built on it (:mod:`jaxmetrics.metrics`), joined by the pipeline (:mod:`jaxmetrics.pipeline`). What users call is re-exported here; other modules are free to change.
 """
 
 from jaxmetrics.networks import clip
@@ -26,6 +26,9 @@ from jaxmetrics.metrics.inception_score import InceptionScoreState
 from jaxmetrics.metrics.inception_score import contiguous_split
 from jaxmetrics.metrics.inception_score import inception_score
 from jaxmetrics.metrics.kid import kid
+from jaxmetrics.metrics.manifold import density_coverage
+from jaxmetrics.metrics.manifold import manifold_metrics
+from jaxmetrics.metrics.manifold import precision_recall
 from jaxmetrics.metrics.reconstruction import ReconstructionState
 from jaxmetrics.metrics.reconstruction import psnr
 from jaxmetrics.metrics.reconstruction import reconstruction_error
@@ -34,6 +37,7 @@ from jaxmetrics.metrics.semantic import ClipScore
 from jaxmetrics.metrics.semantic import SemanticSimilarity
 from jaxmetrics.metrics.semantic import clip_score
 from jaxmetrics.metrics.semantic import semantic_similarity
+from jaxmetrics.metrics.statistics import FeatureBuffer
 from jaxmetrics.metrics.statistics import FeatureStats
 from jaxmetrics.metrics.statistics import load_stats
 from jaxmetrics.metrics.statistics import save_stats
@@ -46,10 +50,12 @@ __all__ = [
     "clip_score",
     "ClipScore",
     "contiguous_split",
+    "density_coverage",
     "evaluate",
     "Evaluator",
     "extract",
     "features",
+    "FeatureBuffer",
     "FeatureStats",
     "fid",
     "frechet_distance",
@@ -63,6 +69,8 @@ __all__ = [
     "kid",
     "load_params",
     "load_stats",
+    "manifold_metrics",
+    "precision_recall",
     "psnr",
     "reconstruction_error",
     "ReconstructionState",

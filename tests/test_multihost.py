@@ -8,7 +8,12 @@ A. an ``.npy`` file of 7 rows with a global batch of 4: steps of rows [0, 4) and
    second step process 0 reads rows 4 and 5 and process 1 row 6 plus a masked pad (uneven shards);
 B. an iterable of its own, of unknown length: process 0 yields rows 0-4, process 1 rows 5-6, so the
    processes must agree step by step on when the last of them ran out;
-C. an iterable that goes bad on process 1 only: both processes must stop, not hang.
+C. an iterable that goes bad on process 1 only: both processes must stop, not hang;
+D. ``jaxmetrics.evaluate`` twice with a statistics cache per process (``JAXMETRICS_CACHE`` differs,
+   as on TPU VMs and GPU hosts), process 1's cache emptied in between: process 0 finds its entries,
+   process 1 does not, and both must take the same path (a lone process in a collective hangs);
+E. ``evaluate`` on a file whose content differs between the processes: an error naming process 1,
+   on both processes, before any feature pass.
 
 A process reads only its share, so equal statistics on both, with the count of all rows, can only
 come from the cross-process all-reduce inside the compiled step.
@@ -39,7 +44,7 @@ def test_two_processes_agree_with_one(inception_checkpoints, tmp_path):
   np.save(images_path, test_extract.IMAGES[:N])
   address = f"127.0.0.1:{_free_port()}"
   # The coordinator binds to every interface unless told otherwise: keep it on the loopback.
-  env = dict(os.environ, JAX_PLATFORMS="cpu", JAXMETRICS_CACHE=str(tmp_path / "cache"),
+  env = dict(os.environ, JAX_PLATFORMS="cpu",
              XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_COORDINATOR_ADDRESS=address,
              JAX_COORDINATOR_BIND_ADDRESS=address, JAX_NUM_PROCESSES="2")
   workers = []
@@ -48,7 +53,8 @@ def test_two_processes_agree_with_one(inception_checkpoints, tmp_path):
     workers.append((subprocess.Popen(
         [sys.executable, "-m", "tests.test_multihost", "WORKER", str(params_path),
          str(images_path), str(tmp_path / f"out{process}.npz")],
-        env=dict(env, JAX_PROCESS_ID=str(process)), stdout=log, stderr=subprocess.STDOUT,
+        env=dict(env, JAX_PROCESS_ID=str(process),
+                 JAXMETRICS_CACHE=str(tmp_path / f"cache{process}")), stdout=log, stderr=subprocess.STDOUT,
         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), log))
   try:
     for worker, _ in workers:
@@ -88,11 +94,21 @@ def test_two_processes_agree_with_one(inception_checkpoints, tmp_path):
   assert "iterable batch 1: expected uint8 images of shape (B, 16, 16, 3)" in logs[1]
   assert "process 1 stopped the run on bad input" in logs[0]
 
+  # D: the same float64 FID from both processes, both runs; the second run recomputed on both
+  # (process 1 had no entry), so neither reports a cache hit alone. Deterministic float64 on the
+  # same replicated statistics: equal exactly.
+  assert result["D_fid"][0] == result["D_fid"][1]
+  np.testing.assert_array_equal(out[0]["D_cached"], [[False, False], [False, False]])
+  np.testing.assert_array_equal(out[1]["D_cached"], [[False, False], [False, False]])
+  for log in logs:
+    assert "E: " in log and "the content of process 1" in log
+
 
 def _worker(params_path, images_path, out_path):
   from jaxmetrics.pipeline import extract  # pylint: disable=import-outside-toplevel
   assert extract.initialize(), "expected a multi-process run"
   import jax  # pylint: disable=import-outside-toplevel
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
   from jaxmetrics.networks import inception  # pylint: disable=import-outside-toplevel
   from jaxmetrics._errors import InputError  # pylint: disable=import-outside-toplevel
 
@@ -132,6 +148,29 @@ def _worker(params_path, images_path, out_path):
     print(f"C: {e}", flush=True)
   else:
     raise AssertionError("C: expected an InputError")
+  import jaxmetrics  # pylint: disable=import-outside-toplevel
+  import shutil  # pylint: disable=import-outside-toplevel
+  other = os.path.join(os.path.dirname(images_path), "reversed.npy")
+  if process == 0:
+    np.save(other, images[::-1])
+  multihost_utils.sync_global_devices("reversed.npy written")
+  fids, cached = [], []
+  for run in range(2):
+    if run == 1 and process == 1:
+      shutil.rmtree(os.environ["JAXMETRICS_CACHE"])
+    results = jaxmetrics.evaluate(images_path, other, params=params, batch_size=4)
+    fids.append(results["fid"])
+    cached.append(results["cached"])
+  out["D_fid"], out["D_cached"] = np.array(fids), np.array(cached)
+
+  own = os.path.join(os.path.dirname(images_path), f"own{process}.npy")
+  np.save(own, images if process == 0 else images[::-1])
+  try:
+    jaxmetrics.evaluate(own, other, params=params, batch_size=4)
+  except InputError as e:
+    print(f"E: {e}", flush=True)
+  else:
+    raise AssertionError("E: expected an InputError")
   np.savez(out_path, **out)
   jax.distributed.shutdown()
 

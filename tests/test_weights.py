@@ -18,7 +18,8 @@ from jaxmetrics._errors import WeightsError
 PAYLOAD = bytes(range(256)) * 16
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
 
-# From REFERENCE.md, not from the manifest, so that a typo in either shows up here.
+# The published file (pytorch-fid's fid_weights release; the sha256 prefix is in its name), written
+# here independently of the manifest, so that a typo in either shows up.
 INCEPTION_SIZE = 95_628_359
 INCEPTION_SHA256 = "6726825d0af5f729cebd5821db510b11b1cfad8faad88a03f1befd49fb9129b2"
 # OpenAI's CLIP archives: the sha256 is the one in openai/CLIP's download URL (clip.py _MODELS);

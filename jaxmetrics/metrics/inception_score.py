@@ -1,7 +1,9 @@
 """Inception Score (Salimans et al. 2016) from Inception logits, in one call or streamed.
 
 For softmax probabilities ``p(y|x)`` of the ``logits_unbiased`` of the FID Inception-v3 (1008
-classes, no fc bias; see REFERENCE.md) and a split ``S`` of the samples::
+classes, no fc bias: improved-gan's ``inception_score/model.py`` multiplies pool3 by the weight of
+``softmax/logits/MatMul``, as guided-diffusion's evaluator does in ``_create_softmax_graph``)
+and a split ``S`` of the samples::
 
   IS(S) = exp( 1/|S| Σ_{x∈S} KL(p(y|x) ‖ p̄_S) ),   p̄_S = 1/|S| Σ_{x∈S} p(y|x)
         = exp( 1/|S| Σ_{x∈S} Σ_y p log p  −  Σ_y p̄_S log p̄_S )
@@ -12,8 +14,9 @@ standard deviation (ddof = 0) of ``IS(S)`` over the parts. Split ``k`` holds the
 ``get_inception_score`` and torch-fidelity's ``isc_features_to_metric`` (the two use the same
 boundaries; when ``splits`` does not divide ``N`` the parts differ in size by one row).
 torch-fidelity first permutes the rows with ``numpy.random.RandomState(2020).permutation(N)``;
-``shuffle_seed=2020`` does the same. guided-diffusion's evaluator (parts of 5000 samples) is not
-reproduced.
+``shuffle_seed=2020`` does the same. guided-diffusion's evaluator (parts of 5000 samples in order,
+the last one shorter, mean only) is the same state with split ``i // 5000`` per row
+(``jaxmetrics.extract.extract(..., split_size=5000)``, ``jaxmetrics adm``).
 
 The second form is written with per-split sufficient statistics (count, ``Σ p``, ``Σ p log p``),
 which is how :class:`InceptionScoreState` streams batches and merges shards in any order;

@@ -5,7 +5,9 @@
   jaxmetrics fid A B                        # FID between two sources
   jaxmetrics is A                           # Inception Score
   jaxmetrics kid A B                        # Kernel Inception Distance
-  jaxmetrics eval A B --metrics fid,is,kid  # several metrics from one feature pass per source
+  jaxmetrics eval A B --metrics fid,sfid,is,kid,precision,recall,density,coverage
+                                            # several metrics from one feature pass per source
+  jaxmetrics adm REF SAMPLE                 # guided-diffusion's evaluator: IS, FID, sFID, P, R
   jaxmetrics stats A -o ref.npz             # reference statistics (pytorch-fid's .npz format)
   jaxmetrics features A [-o features.npz]   # Inception features of every image of a source
   jaxmetrics semsim DIR [--clip CKPT]       # CLIP semantic similarity, one sub-folder per prompt
@@ -24,6 +26,7 @@ import argparse
 import json
 import os
 import pathlib
+import re
 import sys
 import time
 import warnings
@@ -55,22 +58,41 @@ def _parser():
   kid.add_argument("--kid-subsets", type=_positive_int, default=100, help="KID subsets (100)")
   kid.add_argument("--kid-subset-size", type=_positive_int, default=1000,
                    help="samples per KID subset (1000)")
+  neighbours = argparse.ArgumentParser(add_help=False)
+  neighbours.add_argument("--pr-k", type=_positive_int, default=3,
+                          help="neighbours for precision/recall (3: guided-diffusion, "
+                               "torch-fidelity)")
+  neighbours.add_argument("--dc-k", type=_positive_int, default=5,
+                          help="neighbours for density/coverage (5: the prdc package)")
 
   for name, sources, help_text, parents in (
       ("fid", 2, "Fréchet Inception Distance between two sources", [metric]),
       ("is", 1, "Inception Score of a source", [metric]),
       ("kid", 2, "Kernel Inception Distance between two sources", [metric, kid]),
-      ("eval", 2, "several metrics from one feature pass per source", [metric, kid])):
+      ("eval", 2, "several metrics from one feature pass per source", [metric, kid, neighbours])):
     command = commands.add_parser(name, parents=parents, help=help_text, description=help_text + ".")
     command.add_argument("a", metavar="A", help="folder, .npy/.npz images, saved statistics, or tfds:NAME:SPLIT")
     if sources == 2:
       command.add_argument("b", metavar="B", help="folder, .npy/.npz images, saved statistics, or tfds:NAME:SPLIT")
     if name == "eval":
       command.add_argument("--metrics", default="fid,is,kid",
-                           help="comma-separated: fid, is (of A), kid (default: all)")
+                           help="comma-separated, from: fid, sfid, is (of A), kid, precision, "
+                                "recall, density, coverage; A is the generated set, B the "
+                                "reference (default: fid,is,kid)")
       command.set_defaults(run=_metric)
     else:
       command.set_defaults(run=_metric, metrics=name)
+
+  adm = commands.add_parser(
+      "adm", parents=[metric],
+      help="guided-diffusion's evaluator suite: IS, FID, sFID, precision, recall",
+      description="The numbers of guided-diffusion's evaluations/evaluator.py, in its argument "
+                  "order (reference batch first) and with its printed lines: Inception Score over "
+                  "parts of 5000 samples (mean), FID, sFID, precision and recall (k = 3).")
+  adm.add_argument("ref", metavar="REF", help="reference batch (.npz with arr_0, and optionally "
+                   "mu, sigma, mu_s, sigma_s), a folder or .npy of images, or saved statistics")
+  adm.add_argument("sample", metavar="SAMPLE", help="sample batch (.npz arr_0), folder or .npy")
+  adm.set_defaults(run=_adm)
 
   stats = commands.add_parser("stats", parents=[metric], help="save FID reference statistics",
                               description="Write the FID statistics (mu, sigma) of a source as an "
@@ -206,6 +228,19 @@ def _evaluator_options(args):
               cache=args.cache, progress=not args.quiet)
 
 
+_FLAGS = {"kid_subset_size": "--kid-subset-size", "kid_subsets": "--kid-subsets",
+          "num_samples": "--num-samples", "image_size=(H, W)": "--image-size H,W",
+          "image_size": "--image-size", "pr_k": "--pr-k", "dc_k": "--dc-k",
+          "batch_size": "--batch-size", "check_hash=False": "--no-hash-check"}
+_FLAG_PATTERN = re.compile("|".join(rf"\b{re.escape(name)}" + ("" if name.endswith(")") else r"\b")
+                                    for name in _FLAGS))
+
+
+def _with_flags(error):
+  """The error with the Python arguments it names written as the command line's flags."""
+  return InputError(_FLAG_PATTERN.sub(lambda m: _FLAGS[m.group(0)], str(error)))
+
+
 def _metric(args):
   from jaxmetrics.pipeline import evaluation  # JAX starts only for commands that need it.
 
@@ -213,7 +248,8 @@ def _metric(args):
   results = evaluation.evaluate(
       args.a, getattr(args, "b", None), metrics=args.metrics, **_evaluator_options(args),
       kid_subsets=getattr(args, "kid_subsets", 100),
-      kid_subset_size=getattr(args, "kid_subset_size", 1000))
+      kid_subset_size=getattr(args, "kid_subset_size", 1000),
+      pr_k=getattr(args, "pr_k", 3), dc_k=getattr(args, "dc_k", 5))
   results = {"a": args.a, **({"b": args.b} if two else {}), **results,
              "weights": args.weights or weights.DEFAULT}
   if args.json:
@@ -226,6 +262,10 @@ def _metric(args):
       lines.append(f"IS   {results['is_mean']:.6f} ± {results['is_std']:.6f}  (of A)")
     if "kid_mean" in results:
       lines.append(f"KID  {results['kid_mean']:.8f} ± {results['kid_std']:.8f}")
+    for key, label in (("sfid", "sFID"), ("precision", "precision"), ("recall", "recall"),
+                       ("density", "density"), ("coverage", "coverage")):
+      if key in results:
+        lines.append(f"{label:<4} {results[key]:.6f}")
     print("\n".join(lines))
     counts = f"n1={_count(results['n1'])}" + (f", n2={_count(results['n2'])}" if two else "")
     used = (f"weights {results['weights']} (sha256 {results['weights_sha256'][:12]}…), "
@@ -233,6 +273,30 @@ def _metric(args):
             "from saved statistics only (no weights needed)")
     print(f"{counts}; {used}")
   return 0
+
+
+def _adm(args):
+  from jaxmetrics.pipeline import evaluation  # JAX starts only for commands that need it.
+
+  results = evaluation.evaluate(
+      args.sample, args.ref, metrics=("is", "fid", "sfid", "precision", "recall"),
+      is_split_size=ADM_IS_SPLIT_SIZE, pr_k=3, **_evaluator_options(args))
+  results = {"ref": args.ref, "sample": args.sample, **results,
+             "weights": args.weights or weights.DEFAULT}
+  if args.json:
+    print(json.dumps(results))
+  elif not args.quiet:
+    # guided-diffusion's evaluator prints the IS mean over its parts, then these, in this order.
+    print(f"Inception Score: {results['is_mean']}")
+    print(f"FID: {results['fid']}")
+    print(f"sFID: {results['sfid']}")
+    print(f"Precision: {results['precision']}")
+    print(f"Recall: {results['recall']}")
+  return 0
+
+
+# guided-diffusion's Evaluator.compute_inception_score(activations, split_size=5000).
+ADM_IS_SPLIT_SIZE = 5000
 
 
 def _count(n):
@@ -323,7 +387,8 @@ def main(argv=None):
   except (InputError, FileNotFoundError) as e:
     if args.debug:
       raise
-    print(f"jaxmetrics {args.command}: error: {e}", file=sys.stderr)
+    message = _with_flags(e) if isinstance(e, InputError) else e
+    print(f"jaxmetrics {args.command}: error: {message}", file=sys.stderr)
     return 2
   except Exception as e:  # pylint: disable=broad-except
     if args.debug:
