@@ -104,11 +104,13 @@ def test_fid_matches_torchmetrics(peer, ours):
 def test_kid_matches_torchmetrics(peer, ours):
   # torchmetrics' kernel sums run in float32 over N² terms of ~(1 + pool3·pool3/d)³; the MMD² is a
   # difference of such sums. Relative 1e-4 of the value is ~100 float32 ulps of those sums; seen
-  # 7.8e-6. Each of its two subsets is a whole set in another order: its std is float32 summation
-  # noise (seen 1.7e-6 of the mean); ours, from one formula on the same rows, is 0.
+  # 7.8e-6. Each of its two subsets is a whole set in another order, so each subset's MMD² is the
+  # full-sample value to that same 1e-4, and the population std of two values (torch.std with
+  # unbiased=False), |a − b| / 2, is within it too: a std of real subsampling would be O(mean).
+  # Ours (float64) meets the same bound; how far below it either falls is summation round-off.
   assert ours["kid_mean"] == pytest.approx(peer["kid_mean"], rel=1e-4)
-  assert abs(peer["kid_std"]) <= 1e-5 * abs(peer["kid_mean"])
-  assert abs(ours["kid_std"]) <= 1e-5 * abs(peer["kid_mean"])
+  assert abs(peer["kid_std"]) <= 1e-4 * abs(peer["kid_mean"])
+  assert abs(ours["kid_std"]) <= 1e-4 * abs(peer["kid_mean"])
 
 
 def test_inception_score_matches_torchmetrics(peer, ours):
