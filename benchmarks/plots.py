@@ -125,9 +125,25 @@ def _end_to_end(result, ax):
                f"images, end to end ({_date(result)})", fontsize=9)
 
 
+def _manifold(result, ax):
+  for library in sorted({r["library"] for r in result["rows"]}):
+    rows = sorted((r for r in result["rows"] if r["library"] == library and "seconds" in r),
+                  key=lambda r: r["n"])
+    ax.plot([r["n"] for r in rows], [r["seconds"] for r in rows], marker="o", label=library,
+            color=_colour(library))
+    for r in rows:
+      ax.annotate(f" {r['peak_rss_mb'] / 1024:.1f} GB", (r["n"], r["seconds"]), fontsize=7)
+  ax.set_xscale("log")
+  ax.set_yscale("log")
+  ax.set_xlabel("N generated = N reference (d = 2048)")
+  ax.set_ylabel("time (s, log); labels: peak RSS")
+  ax.set_title(f"precision/recall, density/coverage on CPU ({_date(result)})", fontsize=9)
+  ax.legend(fontsize=8)
+
+
 _DRAW = {"agreement": _agreement, "extract_memory": _extract_memory,
          "extract_throughput": _extract_throughput, "frechet_kernel": _frechet_kernel,
-         "scaling": _scaling, "end_to_end": _end_to_end}
+         "scaling": _scaling, "end_to_end": _end_to_end, "manifold": _manifold}
 
 
 def draw(name, result):

@@ -1,0 +1,180 @@
+"""Time and peak memory of precision/recall and density/coverage against prdc and torch-fidelity.
+
+Run by hand (not a test), from the repository root:
+
+  python benchmarks/manifold.py                         # N = 2000, 5000, 10000; a few minutes
+  python benchmarks/manifold.py --sizes 2000 --large 0  # quick
+  python benchmarks/manifold.py --large 50000           # adds jaxmetrics alone at 50k x 50k
+
+Features: N generated and N reference Inception-like vectors of d = 2048 (ReLU of 16 shared
+Gaussian factors plus noise, mean ~0.3), float32, the same for every library. Each (library, N)
+runs in a fresh process on one CPU device, so that its high-water mark (``VmHWM`` of
+``/proc/self/status``, which only ever grows) is its own; ``rss_before_mb`` is the resident size
+once the libraries are imported and the features made, so ``peak − before`` is what the
+computation itself holds. Libraries and what they compute:
+
+* jaxmetrics ``manifold_metrics(generated, reference)``: precision/recall (k = 3, ``<=``) and
+  density/coverage (k = 5, ``<``) in three blockwise passes. Timed twice in the same process: the
+  first call includes the jit compilation, the second not (the speed-up uses the second).
+* prdc ``compute_prdc(real_features=reference, fake_features=generated, nearest_k=5)``: all four
+  from three full ``N×N`` scikit-learn distance matrices (float32 inputs upcast to float64 by
+  chunks, ``n_jobs=8`` threads).
+* torch-fidelity ``prc_features_to_metric(generated, reference, prc_neighborhood=3)``: precision
+  and recall only, full ``torch.cdist`` matrices (``save_cpu_ram=False``, its default).
+
+The results of the libraries are printed next to each other: precision/recall of jaxmetrics and
+torch-fidelity should agree, prdc's use k = 5 and ``<`` and differ; density/coverage of jaxmetrics
+and prdc should agree (up to pairs within float32 round-off of a radius, see
+``tests/test_manifold.py``).
+
+Writes ``benchmarks/results/manifold.json`` and ``.md`` (``--out`` to rename).
+"""
+
+import argparse
+import importlib.metadata
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+D = 2048
+LIBRARIES = ("jaxmetrics", "prdc", "torch-fidelity")
+
+
+def _status():
+  values = {}
+  with open("/proc/self/status") as f:
+    for line in f:
+      key, _, rest = line.partition(":")
+      if key in ("VmHWM", "VmRSS"):
+        values[key] = int(rest.split()[0]) / 1024  # kB -> MB
+  return values
+
+
+def _features(n, d, seed, shift=0.0):
+  import numpy as np  # pylint: disable=g-import-not-at-top  (children import what they use)
+  rng = np.random.default_rng(seed)
+  mixing = np.random.default_rng(123).standard_normal((16, d), dtype=np.float32) / 4
+  z = rng.standard_normal((n, 16), dtype=np.float32) @ mixing
+  z += 0.5 * rng.standard_normal((n, d), dtype=np.float32)
+  return np.maximum(0.5 * z + (0.2 + shift), 0, out=z)
+
+
+def _child(library, n):
+  if library == "jaxmetrics":
+    from jaxmetrics.metrics import manifold  # pylint: disable=g-import-not-at-top
+  elif library == "prdc":
+    import prdc  # pylint: disable=g-import-not-at-top
+  else:
+    import torch  # pylint: disable=g-import-not-at-top
+    from tests._peers import torch_fidelity_metric_module  # pylint: disable=g-import-not-at-top
+    metric_prc = torch_fidelity_metric_module("metric_prc")
+  generated, reference = _features(n, D, seed=1, shift=0.05), _features(n, D, seed=2)
+  before = _status()["VmRSS"]
+  row = {"library": library, "n": n, "d": D, "rss_before_mb": before}
+  start = time.perf_counter()
+  if library == "jaxmetrics":
+    result = manifold.manifold_metrics(generated, reference)
+    row["first_call_s"] = time.perf_counter() - start
+    start = time.perf_counter()
+    result = manifold.manifold_metrics(generated, reference)
+    row["seconds"] = time.perf_counter() - start
+    row.update(precision=result.precision, recall=result.recall, density=result.density,
+               coverage=result.coverage)
+  elif library == "prdc":
+    out = prdc.compute_prdc(real_features=reference, fake_features=generated, nearest_k=5)
+    row["seconds"] = time.perf_counter() - start
+    row.update({k: float(v) for k, v in out.items()})
+  else:
+    out = metric_prc.prc_features_to_metric(
+        torch.from_numpy(generated), torch.from_numpy(reference), prc_neighborhood=3,
+        prc_batch_size=10000, save_cpu_ram=False, verbose=False)
+    row["seconds"] = time.perf_counter() - start
+    row.update(precision=out["precision"], recall=out["recall"])
+  row["peak_rss_mb"] = _status()["VmHWM"]
+  print("RESULT " + json.dumps(row), flush=True)
+
+
+def _run_child(library, n):
+  env = {**os.environ, "PYTHONPATH": str(ROOT), "JAX_PLATFORMS": "cpu"}
+  env.pop("XLA_FLAGS", None)  # one CPU device, whatever the caller forced
+  out = subprocess.run([sys.executable, __file__, "--child", library, str(n)], env=env,
+                       text=True, capture_output=True, check=False)
+  lines = [l for l in out.stdout.splitlines() if l.startswith("RESULT ")]
+  if out.returncode or not lines:
+    print(out.stdout[-2000:], out.stderr[-4000:], file=sys.stderr)
+    return {"library": library, "n": n, "d": D, "error": f"exit status {out.returncode}"}
+  row = json.loads(lines[-1][len("RESULT "):])
+  print(row, flush=True)
+  return row
+
+
+def _fmt(value, spec):
+  return "" if value is None else format(value, spec)
+
+
+def markdown(result):
+  import _results  # pylint: disable=g-import-not-at-top  (beside this file)
+  lines = ["# Precision/recall and density/coverage: time and peak memory", "",
+           _results.describe(result["machine"]), "",
+           f"N generated = N reference, d = {D} Inception-like float32 features; one CPU device "
+           "per process, a fresh process per row. Time of the call (jaxmetrics: second call, jit "
+           "compilation excluded; the first call's time beside it). Peak RSS is the process's "
+           "high-water mark, `before` its resident size once libraries and features were loaded. "
+           "jaxmetrics and prdc compute all four metrics, torch-fidelity precision/recall only. "
+           "prdc's precision/recall use its k = 5 and `<`, not ADM's k = 3 and `<=`.", "",
+           "| N | library | time (s) | first call (s) | speed-up vs prdc | peak RSS (MB) | "
+           "before (MB) | precision | recall | density | coverage |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+  prdc_times = {r["n"]: r["seconds"] for r in result["rows"]
+                if r["library"] == "prdc" and "seconds" in r}
+  for r in result["rows"]:
+    if "error" in r:
+      lines.append(f"| {r['n']} | {r['library']} | {r['error']} | | | | | | | | |")
+      continue
+    speedup = prdc_times.get(r["n"])
+    speedup = f"{speedup / r['seconds']:.1f}x" if speedup else ""
+    lines.append(
+        f"| {r['n']} | {r['library']} | {r['seconds']:.2f} | {_fmt(r.get('first_call_s'), '.2f')} "
+        f"| {speedup} | {r['peak_rss_mb']:.0f} | {r['rss_before_mb']:.0f} "
+        f"| {_fmt(r.get('precision'), '.4f')} | {_fmt(r.get('recall'), '.4f')} "
+        f"| {_fmt(r.get('density'), '.4f')} | {_fmt(r.get('coverage'), '.4f')} |")
+  return "\n".join(lines)
+
+
+def main():
+  if len(sys.argv) > 1 and sys.argv[1] == "--child":
+    _child(sys.argv[2], int(sys.argv[3]))
+    return
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 5000, 10000])
+  parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
+  parser.add_argument("--large", type=int, default=0,
+                      help="also run jaxmetrics alone at this N (e.g. 50000); 0: skip")
+  parser.add_argument("--out", default="manifold",
+                      help="results file name in benchmarks/results, without extension")
+  args = parser.parse_args()
+  os.environ.pop("XLA_FLAGS", None)  # the machine record describes the children's one device
+  import _results  # pylint: disable=g-import-not-at-top
+  rows = [_run_child(library, n) for n in args.sizes for library in args.libraries]
+  if args.large:
+    rows.append(_run_child("jaxmetrics", args.large))
+  versions = {}
+  for package in ("prdc", "scikit-learn"):
+    try:
+      versions[package] = importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+      pass
+  machine = _results.machine(load_average_before=os.getloadavg())
+  machine["versions"].update(versions)
+  result = {"machine": machine, "d": D, "rows": rows}
+  _results.write(args.out, result, markdown(result))
+
+
+if __name__ == "__main__":
+  main()
