@@ -185,12 +185,16 @@ def test_folder_counts_each_readable_file_once(params_path, tmp_path):
   assert_matches_reference(result, expected)
 
 
-def test_a_folder_of_mixed_sizes_fails_before_any_step(params_path, tmp_path):
+def test_a_folder_of_mixed_sizes_without_an_input_size_fails_before_any_step(params_path, tmp_path):
+  """Mixed sizes are resized to the network's input size on the host (tests/test_sources.py); a
+  network without one cannot take them, and says so before compiling anything."""
   Image.fromarray(IMAGES[0]).save(tmp_path / "a.png")
   Image.fromarray(IMAGES[1][:, :12]).save(tmp_path / "b.png")
+  sizeless = dataclasses.replace(inception.NETWORK, input_size=None)
   before = extract._step._cache_size()
-  with pytest.raises(InputError, match=r"b.png: expected a 16x16 image like .*a.png, got 12x16"):
-    extract.extract(tmp_path, load_params(params_path), batch_size=BATCH, progress=False)
+  with pytest.raises(InputError, match=r"several sizes, 16x16 \(a.png\) and 12x16 \(b.png\)"):
+    extract.extract(tmp_path, load_params(params_path), network=sizeless, batch_size=BATCH,
+                    progress=False)
   assert extract._step._cache_size() == before
 
 

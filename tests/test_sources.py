@@ -1,15 +1,22 @@
 """Image sources: memory-mapped .npy/.npz, iterables, folders, and one-line errors for bad input."""
 
+import dataclasses
 import sys
 import types
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 from PIL import Image
 
+from jaxmetrics.metrics.statistics import FeatureStats
+from jaxmetrics.networks import inception
+from jaxmetrics.networks import resize
+from jaxmetrics.pipeline import extract
 from jaxmetrics.pipeline import sources
 from jaxmetrics._errors import InputError
 from tests import _inception_fixtures as fixtures
+from tests.test_resize_host import U, gamma, route_bound
 
 IMAGES = fixtures.test_images(3, 10, 6, 5)
 
@@ -194,21 +201,107 @@ def test_folder_reads_each_file_once_and_names_the_corrupt_one(mixed_folder):
   source.close()
 
 
-def test_folder_of_mixed_sizes_names_the_first_odd_file(tmp_path):
+def test_folder_of_mixed_sizes_needs_a_size_to_go_to(tmp_path):
   rgb = fixtures.test_images(8, 3, 8, 8)
   Image.fromarray(rgb[0]).save(tmp_path / "a.png")
   Image.fromarray(rgb[1]).save(tmp_path / "b.png")
   Image.fromarray(rgb[2][:, :6]).save(tmp_path / "c.png")
-  with sources.open_source(tmp_path) as source:
-    message = _one_line_error(r"c.png: expected a 8x8 image like .*a.png, got 6x8: .*image_size",
-                              source.read, 0, 3)
-  assert "image_size=(H, W)" in message
-  with sources.open_source(tmp_path, image_size=(4, 4)) as source:
+  message = _one_line_error(r"images of several sizes, 8x8 \(a.png\) and 6x8 \(c.png\)",
+                            sources.open_source, tmp_path)
+  assert "image_size=(H, W)" in message and "input_size" in message
+  _one_line_error("resizing them on the host needs one of tf1, .*got resize='nearest'",
+                  sources.open_source, tmp_path, input_size=(9, 9), resize="nearest")
+  with sources.open_source(tmp_path, image_size=(4, 4), input_size=(9, 9), resize="tf1") as source:
+    assert source.host_resize is None and source.dtype == np.uint8
     images, valid = source.read(0, 3)
   assert images.shape == (3, 4, 4, 3) and valid.all()
   # An explicit size applies to the first file too: every other-sized image is fitted to it.
   fitted = np.asarray(Image.fromarray(rgb[0]).resize((4, 4), Image.Resampling.BICUBIC))
   np.testing.assert_array_equal(images[0], fitted)
+
+
+MIXED_SIZES = [(40, 48), (25, 17), (310, 300), (40, 48)]  # enlarged and shrunk to 299x299
+
+
+@pytest.fixture(scope="module")
+def mixed_size_folder(tmp_path_factory):
+  root = tmp_path_factory.mktemp("mixed")
+  for i, (height, width) in enumerate(MIXED_SIZES):
+    Image.fromarray(fixtures.test_images(20 + i, 1, height, width)[0]).save(root / f"{i}.png")
+  return root
+
+
+def _device_resize(image, mode):
+  return np.asarray(resize.resize(jnp.asarray(image[None], jnp.float32), (299, 299), mode))[0]
+
+
+@pytest.mark.parametrize("mode", resize.RESIZE_MODES)
+def test_a_folder_of_mixed_sizes_is_resized_on_the_host_image_by_image(mixed_size_folder, mode):
+  with sources.open_source(mixed_size_folder, input_size=(299, 299), resize=mode,
+                           workers=2) as source:
+    assert source.host_resize == ((299, 299), mode) and source.dtype == np.float32
+    assert source.image_shape == (299, 299, 3) and len(source) == 4
+    rows, valid = source.read(0, 4)
+  assert valid.all() and rows.dtype == np.float32
+  for row, path, shape in zip(rows, source.paths, MIXED_SIZES):
+    image = np.asarray(Image.open(path).convert("RGB"))
+    assert image.shape[:2] == shape
+    # What the device's preprocessing sees: the row × 255 in float32 (its resize of 299 to 299
+    # is the identity, tests/test_resize_host.py). The host/device bound of the resize, plus the
+    # two roundings of / 255 and × 255 on values ≤ 255.
+    pixels = (row * np.float32(255.0)).astype(np.float64)
+    bound = route_bound(mode, shape, (299, 299)) + gamma(2) * 255.0
+    assert np.max(np.abs(pixels - _device_resize(image, mode))) <= bound
+
+
+@pytest.mark.parametrize("mode", resize.RESIZE_MODES)
+def test_a_folder_of_one_size_keeps_the_device_route_which_the_host_route_equals(tmp_path, mode):
+  images = fixtures.test_images(30, 3, 21, 34)
+  for i, image in enumerate(images):
+    Image.fromarray(image).save(tmp_path / f"{i}.png")
+  with sources.open_source(tmp_path, input_size=(299, 299), resize=mode) as source:
+    assert source.host_resize is None and source.dtype == np.uint8
+    assert source.image_shape == (21, 34, 3)
+    rows, valid = source.read(0, 3)
+  np.testing.assert_array_equal(rows, images)
+  device = np.asarray(resize.resize(jnp.asarray(rows, jnp.float32), (299, 299), mode))
+  for row, expected in zip(rows, device):
+    host = resize.host_resize(row, (299, 299), mode).astype(np.float64)
+    assert np.max(np.abs(host - expected)) <= route_bound(mode, (21, 34), (299, 299))
+
+
+def _preprocessed(params, images, *, resize="tf1", precision="highest", shards=1):
+  """A network whose feature is its input: the 299×299 normalised images, flattened."""
+  del params, precision, shards
+  x = inception.preprocess(images, resize)
+  return {"input": x.reshape(x.shape[0], -1), "mean": jnp.mean(x, axis=(1, 2))}
+
+
+INPUT_NETWORK = dataclasses.replace(
+    inception.NETWORK, name="inception-input", forward=_preprocessed,
+    features={"input": 299 * 299 * 3, "mean": 3})
+
+
+@pytest.mark.parametrize("mode", ["tf1", "clean"])
+def test_extracting_a_mixed_folder_equals_resizing_each_image_on_device(mixed_size_folder, mode):
+  """The pipeline end to end (plumbing of the size and mode, no second resize, normalisation),
+  with a network that returns what Inception would be fed."""
+  result = extract.extract(mixed_size_folder, {}, network=INPUT_NETWORK, resize=mode,
+                           states={"mean": ("mean", FeatureStats.empty(3))}, keep_features=("input",),
+                           batch_size=8, progress=False)
+  assert result.count == 4
+  for got, path, shape in zip(result.outputs["input"], sorted(mixed_size_folder.iterdir()),
+                              MIXED_SIZES):
+    image = np.asarray(Image.open(path).convert("RGB"))
+    expected = np.asarray(inception.preprocess(jnp.asarray(image[None]), mode), np.float64)
+    # The pixel bound above through the normalisation (x − 128) / 128, a factor 1/128, plus one
+    # float32 rounding of its output (|value| ≤ 1) on each route.
+    bound = (route_bound(mode, shape, (299, 299)) + gamma(2) * 255.0) / 128.0 + 2 * U
+    assert np.max(np.abs(got - expected.reshape(-1))) <= bound
+  with sources.open_source(mixed_size_folder, input_size=299, resize="tf1") as opened:
+    _one_line_error(r"resize: .* was opened to resize its images on the host to 299x299 with "
+                    r"'tf1', got 'clean'", extract.extract, opened, {}, network=INPUT_NETWORK,
+                    resize="clean", progress=False)
 
 
 class _FakeTfds:

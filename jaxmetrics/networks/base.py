@@ -37,6 +37,9 @@ class FeatureNetwork:
     weights_file: ``weights_file(path, *, check_hash, progress)`` → ``(path, sha256)``: resolves
       (downloads) the checkpoint and hashes it once.
     load_weights_file: ``load_weights_file(path, sha256)`` → parameters.
+    input_size: the ``(H, W)`` its preprocessing resizes every image to, or ``None`` when it has
+      none; a folder of images of several sizes is resized to it on the host
+      (:func:`jaxmetrics.pipeline.sources.open_source`).
   """
 
   name: str
@@ -46,6 +49,7 @@ class FeatureNetwork:
   forward: Callable = dataclasses.field(repr=False)
   weights_file: Callable = dataclasses.field(repr=False)
   load_weights_file: Callable = dataclasses.field(repr=False)
+  input_size: tuple[int, int] | None = None
 
   @property
   def default_resize(self) -> str:

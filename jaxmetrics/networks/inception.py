@@ -486,5 +486,6 @@ def features(params, images, *, resize="tf1", precision="highest", batch_size=No
 
 NETWORK = FeatureNetwork(
     name="inception-v3-fid", weights=WEIGHTS, features=FEATURES, resize_modes=_resize.RESIZE_MODES,
-    forward=forward, weights_file=weights_file, load_weights_file=load_weights_file)
+    forward=forward, weights_file=weights_file, load_weights_file=load_weights_file,
+    input_size=(INPUT_SIZE, INPUT_SIZE))
 """The FID Inception-v3 as a :class:`~jaxmetrics.networks.base.FeatureNetwork`."""

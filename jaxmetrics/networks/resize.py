@@ -29,6 +29,16 @@ the normalisation of the reference each mode comes from).
   apply it as two matrix products, horizontal pass first as torch does.
 
 All four run inside ``jit`` on any backend; the interpolation tables are compile-time constants.
+
+On the host. :func:`host_resize` applies the same float32 tables to one image in NumPy, in the same
+order of passes and with the same interpolation formulas (``left + (right − left)·λ`` for the
+bilinear modes, a weighted sum over each output's window for the other two), so it agrees with
+:func:`resize` to float32 round-off; it serves folders of mixed sizes
+(:class:`jaxmetrics.pipeline.sources.FolderSource`), whose images cannot share a device batch until
+they have one size. Resizing to the size an image already has is the identity in every mode, on
+device and on the host, exactly: every table is then the identity (``λ = 0``; one weight 1, the
+others 0) and ``x + 0·y``, ``1·x + 0·y`` are exact in IEEE arithmetic for finite values, in any
+summation order.
 """
 
 import functools
@@ -162,10 +172,9 @@ def pil_bicubic_matrix(in_size, out_size):
   return matrix.astype(np.float32)
 
 
-@functools.lru_cache(maxsize=None)
-def antialias_bilinear_matrix(in_size, out_size):
-  """torch's antialiased bilinear filter (``interpolate(..., antialias=True)``) as a dense
-  ``(out_size, in_size)`` float32 matrix.
+def antialias_bilinear_weights(in_size, out_size):
+  """torch's antialiased bilinear filter (``interpolate(..., antialias=True)``): first input index
+  ``(out,)`` and float32 weights ``(out, taps)``, zero past each window.
 
   The triangle filter on Pillow's window (``_compute_index_ranges_weights`` in ATen's
   ``UpSampleKernel.cpp``), evaluated in float32 as ATen does for float input: its float32 scale
@@ -176,7 +185,7 @@ def antialias_bilinear_matrix(in_size, out_size):
   scale = f(in_size / out_size)
   filterscale = max(scale, f(1.0))
   support, inv = filterscale, f(1.0) / filterscale  # bilinear: interp_size / 2 = 1
-  matrix = np.zeros((out_size, in_size), np.float32)
+  windows = []
   for xx in range(out_size):
     center = scale * (f(xx) + f(0.5))
     xmin = max(int(center - support + f(0.5)), 0)
@@ -184,7 +193,22 @@ def antialias_bilinear_matrix(in_size, out_size):
     t = np.abs((np.arange(xmin, xmin + count, dtype=f) - center + f(0.5)) * inv)
     w = np.where(t < f(1.0), f(1.0) - t, f(0.0)).astype(f)
     total = np.cumsum(w, dtype=f)[-1]  # summed in order, as ATen's loop
-    matrix[xx, xmin:xmin + count] = w / total if total != 0.0 else w
+    windows.append((xmin, w / total if total != 0.0 else w))
+  first = np.array([xmin for xmin, _ in windows], np.int32)
+  weights = np.zeros((out_size, max(len(w) for _, w in windows)), np.float32)
+  for xx, (_, w) in enumerate(windows):
+    weights[xx, :len(w)] = w
+  return first, weights
+
+
+@functools.lru_cache(maxsize=None)
+def antialias_bilinear_matrix(in_size, out_size):
+  """:func:`antialias_bilinear_weights` as a dense ``(out_size, in_size)`` float32 matrix."""
+  first, weights = antialias_bilinear_weights(in_size, out_size)
+  matrix = np.zeros((out_size, in_size), np.float32)
+  for xx in range(out_size):
+    count = min(weights.shape[1], in_size - first[xx])
+    matrix[xx, first[xx]:first[xx] + count] = weights[xx, :count]
   return matrix
 
 
@@ -208,3 +232,87 @@ def _separable(x, rows, cols, *, horizontal_first):
   if horizontal_first:
     return vertical(horizontal(x))
   return horizontal(vertical(x))
+
+
+def host_resize(image, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="tf1"):
+  """Resizes one image ``(H, W, C)`` of 0..255 values on the host, as :func:`resize` does on device.
+
+  NumPy float32 throughout, with the tables :func:`resize` uses (``"tf1"``, ``"pytorch"``: the
+  same taps and the same ``left + (right − left)·λ``, x then y; ``"clean"``, ``"torchmetrics"``:
+  the nonzero entries of the same float32 matrices, summed tap by tap over each output's window,
+  passes in the same order, ``"clean"`` clipped to [0, 255]). The results differ from the device's
+  only by the order in which float32 products are summed (a matrix product may add the terms in
+  any order, fused or not): at most ``γ_K · Σ|w|·|x|`` per pass for ``K`` nonzero taps, ``γ_K = K·u
+  / (1 − K·u)``, ``u = 2⁻²⁴``.
+
+  Args:
+    image: uint8 or float array ``(H, W, C)`` of pixel values in [0, 255].
+    size: ``(height, width)`` of the output.
+    mode: one of :data:`RESIZE_MODES`.
+
+  Returns:
+    A float32 NumPy array ``(size[0], size[1], C)``.
+  """
+  if mode not in RESIZE_MODES:
+    raise InputError(f"resize: expected one of {', '.join(RESIZE_MODES)}, got {mode!r}")
+  x = np.asarray(image, np.float32)
+  out_h, out_w = size
+  in_h, in_w = x.shape[:2]
+  if mode == "tf1":
+    return _host_bilinear(x, _tf1_taps(in_h, out_h), _tf1_taps(in_w, out_w))
+  if mode == "pytorch":
+    return _host_bilinear(x, _half_pixel_taps(in_h, out_h), _half_pixel_taps(in_w, out_w))
+  if mode == "torchmetrics":
+    return _host_separable(x, _window("antialias", in_h, out_h), _window("antialias", in_w, out_w),
+                           horizontal_first=True)
+  rows, cols = _window("pil", in_h, out_h), _window("pil", in_w, out_w)
+  horizontal_first = pil_horizontal_first(in_h, in_w, out_h, out_w)
+  return np.clip(_host_separable(x, rows, cols, horizontal_first=horizontal_first), 0.0, 255.0)
+
+
+def _host_bilinear(x, rows, cols):
+  """:func:`_bilinear` on one ``(H, W, C)`` image in NumPy float32."""
+  y_lo, y_hi, dy = rows
+  x_lo, x_hi, dx = cols
+  dx, dy = dx[None, :, None], dy[:, None, None]
+
+  def along_x(r):
+    left, right = r[:, x_lo], r[:, x_hi]
+    return left + (right - left) * dx
+
+  top, bottom = along_x(x[y_lo]), along_x(x[y_hi])
+  return top + (bottom - top) * dy
+
+
+@functools.lru_cache(maxsize=256)
+def _window(kind, in_size, out_size):
+  """``(index, weights)`` ``(out, K)`` of the ``"clean"`` (``kind="pil"``) or ``"torchmetrics"``
+  (``"antialias"``) table: each output's window of inputs and the float32 weights that the dense
+  matrix holds there, zero past its end (indices clamped into the image).
+
+  Computed without the dense matrices' caches: a folder of photographs has thousands of distinct
+  sizes, and a dense table of a 4000-pixel side is 4.8 MB.
+  """
+  if kind == "pil":
+    first, weights = pil_bicubic_weights.__wrapped__(in_size, out_size)
+  else:
+    first, weights = antialias_bilinear_weights(in_size, out_size)
+  index = np.minimum(first[:, None] + np.arange(weights.shape[1])[None, :], in_size - 1)
+  return index, weights.astype(np.float32)
+
+
+def _host_pass(x, window, axis):
+  """``Σ_k w[o, k] · x[index[o, k]]`` along ``axis`` (0: rows, 1: columns), in float32."""
+  index, weights = window
+  shape = (-1, 1, 1) if axis == 0 else (1, -1, 1)
+  out = None
+  for k in range(weights.shape[1]):
+    term = np.take(x, index[:, k], axis=axis) * weights[:, k].reshape(shape)
+    out = term if out is None else out + term
+  return out
+
+
+def _host_separable(x, rows, cols, *, horizontal_first):
+  if horizontal_first:
+    return _host_pass(_host_pass(x, cols, 1), rows, 0)
+  return _host_pass(_host_pass(x, rows, 0), cols, 1)

@@ -226,7 +226,9 @@ def extract(source, params, *, network=None, states=None, batch_size=None, resiz
   Args:
     source: anything :func:`jaxmetrics.pipeline.sources.open_source` accepts (a folder, an ``.npy`` or
       ``.npz`` path, an ``(N, H, W, 3)`` uint8 or [0, 1] float array, an iterable of batches) or
-      an opened :class:`~jaxmetrics.pipeline.sources.Source` (not closed here). All images need one size.
+      an opened :class:`~jaxmetrics.pipeline.sources.Source` (not closed here). A folder of
+      images of several sizes is resized to the network's ``input_size`` on the host, with the
+      filter of ``resize`` (see :func:`~jaxmetrics.pipeline.sources.open_source`).
     params: the network's parameters (:func:`jaxmetrics.load_params` for Inception); host arrays
       are replicated onto the mesh once, arrays already replicated there are used as they are.
     network: a :class:`~jaxmetrics.networks.base.FeatureNetwork`; default
@@ -284,7 +286,8 @@ def extract(source, params, *, network=None, states=None, batch_size=None, resiz
   batch_size = -(-batch_size // mesh.size) * mesh.size
 
   source_given = isinstance(source, sources.Source)
-  source = sources.open_source(source, image_size=image_size)
+  source = sources.open_source(source, image_size=image_size, input_size=network.input_size,
+                               resize=resize)
   try:
     return _Run(source, params, network, states, mesh, batch_size, num_samples, splits, split_size,
                 keep, dict(resize=resize, precision=precision), prefetch, progress).run()

@@ -31,12 +31,31 @@ files, in sorted path order so every run and every host sees the same list. Gray
 16-bit and RGBA images are converted to 8-bit RGB (alpha is dropped, as pytorch-fid and
 torch-fidelity do by calling ``convert("RGB")``). A file that cannot be decoded is skipped with a
 warning that names it (its row is marked invalid, so it is counted nowhere); a folder with no
-readable image is an error. Extraction needs one image size: by default every image must have the
-size of the first readable file (an error names the first that differs); ``image_size=(H, W)``
-instead center-crops each other-sized image to the aspect ratio of ``(H, W)`` and resizes it with
-PIL bicubic on the host (``ImageOps.fit``) — a preprocessing step of its own that changes the
-metric, so use it to fix stragglers, not to compare against published numbers. Files are decoded
-on a pool of threads (Pillow releases the GIL while decoding).
+readable image is an error. Files are decoded on a pool of threads (Pillow releases the GIL while
+decoding).
+
+Image sizes. When a folder is opened, the header of every file is read (on the same threads; no
+pixels are decoded) and decides the route, the same on every host since it depends only on the
+files:
+
+* one size (most generated sets): the rows are the uint8 images, and the network's preprocessing
+  resizes them on the device in batches, as for arrays;
+* several sizes (ImageNet val, COCO, scraped photographs): each image goes straight to the
+  network's input size on the host, with the exact filter of the resize mode
+  (:func:`jaxmetrics.networks.resize.host_resize`: the device's tables and formulas in NumPy
+  float32, so it agrees with the device route to float32 round-off). The rows are then float32
+  ``pixel / 255`` at the input size (``Source.host_resize`` says so), and the device's resize of an
+  image to the size it already has is the identity, exactly, in every mode. Each image is resized
+  from its own size once, as clean-fid resizes every image on the host; nothing is cropped. The
+  network's size and mode come from ``input_size`` and ``resize``, which
+  :func:`jaxmetrics.pipeline.extract.extract` (and so ``evaluate`` and the command line) passes;
+  a folder of several sizes opened without them is an error.
+
+``image_size=(H, W)`` replaces both routes: every image of another size is center-cropped to the
+aspect ratio of ``(H, W)`` and resized with PIL bicubic on uint8 on the host (``ImageOps.fit``),
+then resized to the network's input on the device. It is a preprocessing step of its own that
+changes the metric (a crop, and a second resize), so use it to match a pipeline that crops, not to
+compare against published numbers.
 """
 
 import collections.abc
@@ -54,6 +73,7 @@ from PIL import Image
 from PIL import ImageOps
 
 from jaxmetrics._errors import InputError
+from jaxmetrics.networks import resize as _resize
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 _EXPECTED = "expected uint8 or float images of shape (N, H, W, 3)"
@@ -98,6 +118,8 @@ class Source:
     per_process: ``False`` when rows are addressed globally: every process of a multi-host run
       opens the same data and reads the share it is given. ``True`` when each process supplies
       rows of its own (an iterable on each process, e.g. a sampler seeded per process).
+    host_resize: ``((H, W), mode)`` when the rows were resized on the host to a network's input
+      size with a resize mode's filter (a folder of mixed sizes), else ``None``.
   """
 
   name: str = "source"
@@ -105,6 +127,7 @@ class Source:
   dtype: np.dtype = np.dtype(np.uint8)
   num_samples: int | None = None
   per_process: bool = False
+  host_resize: tuple | None = None
 
   def __len__(self):
     if self.num_samples is None:
@@ -191,45 +214,79 @@ class FolderSource(Source):
 
   Args:
     folder: the folder.
-    image_size: ``None`` (every image must have the size of the first readable one), an int or
-      ``(H, W)``: center-crop and resize other sizes to it on the host.
+    image_size: ``None`` (default: see below), an int or ``(H, W)``: center-crop and resize every
+      image of another size to it on the host (``ImageOps.fit``, PIL bicubic on uint8).
     workers: decoding threads; default ``min(16, os.cpu_count())``.
+    input_size, resize: the network input ``(H, W)`` and its resize mode (one of
+      :data:`jaxmetrics.networks.resize.RESIZE_MODES`), used when ``image_size`` is ``None`` and
+      the images have several sizes: each is then resized to ``input_size`` on the host
+      (:func:`jaxmetrics.networks.resize.host_resize`).
 
   Attributes:
     paths: the files, one per row, in row order.
   """
 
-  def __init__(self, folder, image_size=None, workers=None):
+  def __init__(self, folder, image_size=None, workers=None, input_size=None, resize=None):
     self.name = str(folder)
     self.paths = list_images(folder)
     self.num_samples = len(self.paths)
     self._workers = workers or min(16, os.cpu_count() or 1)
     self._pool = None
-    self._resize = image_size is not None
-    if self._resize:
+    self._fit = image_size is not None
+    self.host_resize = None
+    if self._fit:
       height, width = _check_image_size(image_size)
       self._first = None
     else:
-      height, width, self._first = self._probe_size(folder)
-    self.image_shape = (height, width, 3)
-
-  def _probe_size(self, folder):
-    for path in self.paths:
       try:
-        with Image.open(path) as image:
-          width, height = image.size
-        return height, width, path
-      except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
-        continue
-    raise InputError(f"{folder}: expected readable images, but none of the files could be decoded")
+        height, width, self._first = self._probe_sizes(folder, input_size, resize)
+      except BaseException:
+        self.close()
+        raise
+    self.image_shape = (height, width, 3)
+    if self.host_resize is not None:
+      self.dtype = np.dtype(np.float32)
+
+  def _map(self, fn, items):
+    if self._pool is None:
+      self._pool = concurrent.futures.ThreadPoolExecutor(self._workers, "jaxmetrics-decode")
+    return self._pool.map(fn, items)
+
+  def _probe_sizes(self, folder, input_size, resize):
+    """Reads every file's header (on the decode threads) to decide one size or a host resize.
+
+    The decision depends only on the sorted files, so every process of a multi-host run makes
+    the same one. A file whose header cannot be read is left to :meth:`read`, which skips it.
+    """
+    sizes = [(size, path) for size, path in zip(self._map(_header_size, self.paths), self.paths)
+             if size is not None]
+    if not sizes:
+      raise InputError(f"{folder}: expected readable images, but none of the files could be "
+                       "decoded")
+    (height, width), first = sizes[0]
+    other = next(((size, path) for size, path in sizes if size != (height, width)), None)
+    if other is None:
+      return height, width, first
+    (other_h, other_w), other_path = other
+    found = f"{width}x{height} ({first.name}) and {other_w}x{other_h} ({other_path.name})"
+    if len({size for size, _ in sizes}) > 2:
+      found += " among others"
+    if input_size is None or resize is None:
+      raise InputError(f"{folder}: images of several sizes, {found}: pass image_size=(H, W) to fit "
+                       "them to one size, or the network's input_size and resize mode to resize "
+                       "each to it")
+    if resize not in _resize.RESIZE_MODES:
+      raise InputError(f"{folder}: images of several sizes, {found}: resizing them on the host "
+                       f"needs one of {', '.join(_resize.RESIZE_MODES)}, got resize={resize!r}; "
+                       "pass image_size=(H, W) to fit them to one size")
+    self.host_resize = (input_size, resize)
+    return input_size[0], input_size[1], None
 
   def read(self, start, stop):
     paths = self.paths[max(0, start):min(stop, self.num_samples)]
-    if self._pool is None:
-      self._pool = concurrent.futures.ThreadPoolExecutor(self._workers, "jaxmetrics-decode")
-    images = np.zeros((len(paths), *self.image_shape), np.uint8)
+    images = np.zeros((len(paths), *self.image_shape), self.dtype)
     valid = np.zeros((len(paths),), bool)
-    for i, result in enumerate(self._pool.map(self._load, paths)):
+    for i, result in enumerate(self._map(self._load, paths)):
       if isinstance(result, InputError):
         warnings.warn(f"skipped {result}", stacklevel=2)
       else:
@@ -242,20 +299,36 @@ class FolderSource(Source):
     except InputError as e:
       return e  # reported by the reading thread, in row order
     height, width, _ = self.image_shape
+    if self.host_resize is not None:
+      # [0, 1] floats, as the Source contract has them; the device's ×255 restores the 0..255
+      # values to within 2 float32 roundings (≤ 255 · 2⁻²³), and its resize to the size they
+      # have is the identity.
+      pixels = _resize.host_resize(image, (height, width), self.host_resize[1])
+      return pixels / np.float32(255.0)
     if image.shape[:2] == (height, width):
       return image
-    if self._resize:
+    if self._fit:
       fitted = ImageOps.fit(Image.fromarray(image), (width, height), Image.Resampling.BICUBIC)
       return np.asarray(fitted, np.uint8)
     raise InputError(
         f"{path}: expected a {width}x{height} image like {self._first}, got "
-        f"{image.shape[1]}x{image.shape[0]}: every image needs one size; pass image_size=(H, W) "
+        f"{image.shape[1]}x{image.shape[0]} (its header said otherwise): pass image_size=(H, W) "
         "to center-crop and resize on the host")
 
   def close(self):
     if self._pool is not None:
       self._pool.shutdown(wait=True, cancel_futures=True)
       self._pool = None
+
+
+def _header_size(path):
+  """``(height, width)`` from a file's header (Pillow decodes no pixels), or ``None``."""
+  try:
+    with Image.open(path) as image:
+      width, height = image.size
+    return height, width
+  except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+    return None
 
 
 class IterableSource(Source):
@@ -328,7 +401,7 @@ class IterableSource(Source):
     self._buffer = None
 
 
-def open_source(source, *, image_size=None, key=None, workers=None):
+def open_source(source, *, image_size=None, key=None, workers=None, input_size=None, resize=None):
   """Opens images for streaming: a folder, ``.npy``/``.npz`` file, array or iterable of batches.
 
   See the module docstring for what each kind becomes. A :class:`Source` is returned as is.
@@ -337,18 +410,32 @@ def open_source(source, *, image_size=None, key=None, workers=None):
     source: a path (``str`` or ``os.PathLike``), an ``(N, H, W, 3)`` array, an iterable of
       batches, or a :class:`Source`.
     image_size: folders only: ``(H, W)`` (or an int) to center-crop and resize images of other
-      sizes on the host; default ``None``: all images must have one size.
+      sizes to on the host; default ``None``: see ``input_size``.
     key: ``.npz`` only: the member holding the images; default ``arr_0``, or the only member.
     workers: folders only: decoding threads (default ``min(16, os.cpu_count())``).
+    input_size, resize: the ``(H, W)`` input of the network that reads the rows and its resize
+      mode (:func:`jaxmetrics.pipeline.extract.extract` passes its network's). A folder whose
+      images have several sizes is resized image by image to ``input_size`` on the host with that
+      mode's filter; a folder of one size, and every other source, is resized on the device
+      instead, and ignores them. Without them (and without ``image_size``) a folder of several
+      sizes is an error.
 
   Raises:
     InputError: a missing path, an unknown file type, a wrong shape or dtype, no data.
   """
+  if input_size is not None:
+    input_size = _check_image_size(input_size, "input_size")
   if isinstance(source, Source):
     given = [n for n, v in (("image_size", image_size), ("key", key), ("workers", workers))
              if v is not None]
     if given:
       raise InputError(f"{given[0]}: expected a path to open, got the opened source {source.name}")
+    resized = source.host_resize
+    if resized is not None and resize is not None and input_size is not None and (
+        resized != (input_size, resize)):
+      raise InputError(f"resize: {source.name} was opened to resize its images on the host to "
+                       f"{resized[0][1]}x{resized[0][0]} with {resized[1]!r}, got {resize!r} at "
+                       f"{input_size[1]}x{input_size[0]}: open it again")
     return source
   if image_size is not None:
     image_size = _check_image_size(image_size)
@@ -365,7 +452,7 @@ def open_source(source, *, image_size=None, key=None, workers=None):
     suffix = path.suffix.lower()
     if path.is_dir():
       _only_for(key, "key", ".npz files", path)
-      return FolderSource(path, image_size, workers)
+      return FolderSource(path, image_size, workers, input_size, resize)
     _only_for(image_size, "image_size", "image folders", path)
     _only_for(workers, "workers", "image folders", path)
     if suffix != ".npz":
@@ -434,7 +521,7 @@ def _only_for(value, name, what, got):
     raise InputError(f"{name}: applies to {what} only, got {got}")
 
 
-def _check_image_size(image_size):
+def _check_image_size(image_size, name="image_size"):
   size = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else image_size
   try:
     height, width = (int(s) for s in size)
@@ -442,7 +529,7 @@ def _check_image_size(image_size):
   except (TypeError, ValueError):
     ok = False
   if not ok or height < 1 or width < 1:
-    raise InputError(f"image_size: expected a positive int or (height, width), got {image_size!r}")
+    raise InputError(f"{name}: expected a positive int or (height, width), got {image_size!r}")
   return height, width
 
 
