@@ -145,3 +145,18 @@ def pytorch_fid_frechet(mu1, sigma1, mu2, sigma2):
       return float(fid_score.calculate_frechet_distance(mu1, sigma1, mu2, sigma2)), note
     except ValueError as e2:
       return None, f"{note}, then raised ValueError: {e2}"
+
+
+def clean_fid_module(name):
+  """Returns ``cleanfid.<name>`` (e.g. ``resize``) without running the package ``__init__``.
+
+  clean-fid's ``__init__`` is empty in 0.1.35, but its modules import torchvision at the top
+  (``cleanfid.utils``, ``cleanfid.fid``); ``cleanfid.resize`` needs only NumPy, Pillow and torch.
+  A bare package keeps the test from depending on what a later ``__init__`` imports.
+  """
+  if "cleanfid" not in sys.modules or not hasattr(sys.modules["cleanfid"], "__path__"):
+    spec = importlib.util.find_spec("cleanfid")
+    if spec is None or spec.origin is None:
+      raise ImportError("clean-fid is not installed (pip install --no-deps clean-fid==0.1.35)")
+    sys.modules["cleanfid"] = importlib.util.module_from_spec(spec)
+  return importlib.import_module(f"cleanfid.{name}")
