@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -240,6 +241,41 @@ def test_metric_commands_reject_bad_input(case, photo_folders, inception_checkpo
   errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
   assert result.returncode == 2, result.stderr
   assert len(errors) == 1 and message in errors[0], result.stderr
+
+
+PYTHON_NAMES = re.compile(r"\b(num_samples|kid_subset_size|kid_subsets|image_size|pr_k|dc_k|"
+                          r"batch_size|check_hash)\b")
+
+
+@pytest.mark.parametrize("case", ["is-splits", "kid-subset", "num-samples", "pr-k"])
+def test_counts_are_checked_before_the_weights_and_the_pass(case, photo_folders, tmp_path):
+  """Every check that counts and settings decide fails first, naming the command line's flags.
+
+  The weights file does not exist: an error about it (exit 1) would mean the check came after the
+  weights were needed, i.e. at the feature pass.
+  """
+  real, fake = photo_folders
+  four = tmp_path / "four"
+  four.mkdir()
+  for i in range(4):
+    Image.fromarray(fixtures.test_images(i, 1, 8, 8)[0]).save(four / f"{i}.png")
+  args, message = {
+      "is-splits": (("eval", four, real, "--metrics", "fid,is"),
+                    "the Inception Score needs at least 10 images (one per split), got 4"),
+      "kid-subset": (("kid", fake, real),
+                     "KID draws subsets of 1000 images (a smaller --kid-subset-size draws fewer), "
+                     "got 12"),
+      "num-samples": (("fid", fake, real, "--num-samples", "13"),
+                      f"--num-samples: expected at most 12, the images of {fake}, got 13"),
+      "pr-k": (("eval", fake, real, "--metrics", "precision", "--pr-k", "12"),
+               "precision/recall need more than k = 12 images"),
+  }[case]
+  result = _run(*args, "--weights", tmp_path / "missing.pth", "--no-hash-check",
+                cache=tmp_path / "cache")
+  errors = [line for line in result.stderr.splitlines() if not line.startswith("warning:")]
+  assert result.returncode == 2, result.stderr
+  assert len(errors) == 1 and message in errors[0], result.stderr
+  assert not PYTHON_NAMES.search(errors[0]), errors[0]
 
 
 def test_eval_suite_and_adm_give_the_same_numbers(photo_folders, inception_checkpoints, tmp_path):

@@ -269,7 +269,8 @@ class Evaluator:
     if self.settings["split_size"] is not None:
       n = self.settings["num_samples"] or _known_rows(source)
       if n is None:
-        raise InputError(f"{name}: is_split_size needs a known number of images: pass num_samples")
+        raise InputError(f"{name}: an Inception Score over parts of {self.settings['split_size']} "
+                         "images needs a known number of images: pass num_samples")
       splits = -(-n // self.settings["split_size"])
     states["inception_score"] = ("logits_unbiased",
                                  InceptionScoreState.empty(inception.NUM_CLASSES, splits))
@@ -505,8 +506,13 @@ def _minimum_counts(chosen, splits, split_size, kid_subset_size, pr_k, dc_k):
 
 
 def _check_count(source, needs, minimum, num_samples):
-  """Checks a source's known image count against every minimum before its pass."""
-  n = num_samples if num_samples is not None else _known_rows(source)
+  """Checks a source's known image count, and ``num_samples`` against it, before its pass."""
+  known = _known_rows(source)
+  if (num_samples is not None and known is not None and num_samples > known
+      and not getattr(source, "per_process", False)):
+    raise InputError(f"num_samples: expected at most {known}, the images of {_describe(source)}, "
+                     f"got {num_samples}")
+  n = num_samples if num_samples is not None else known
   if n is None:
     return
   first = needs.scores
