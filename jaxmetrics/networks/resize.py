@@ -32,7 +32,7 @@ All four run inside ``jit`` on any backend; the interpolation tables are compile
 
 On the host. :func:`host_resize` applies the same float32 tables to one image in NumPy, in the same
 order of passes and with the same interpolation formulas (``left + (right − left)·λ`` for the
-bilinear modes, a weighted sum over each output's window for the other two), so it agrees with
+bilinear modes, the same weights as block matrix products for the other two), so it agrees with
 :func:`resize` to float32 round-off; it serves folders of mixed sizes
 (:class:`jaxmetrics.pipeline.sources.FolderSource`), whose images cannot share a device batch until
 they have one size. Resizing to the size an image already has is the identity in every mode, on
@@ -239,11 +239,12 @@ def host_resize(image, size=(INCEPTION_SIZE, INCEPTION_SIZE), mode="tf1"):
 
   NumPy float32 throughout, with the tables :func:`resize` uses (``"tf1"``, ``"pytorch"``: the
   same taps and the same ``left + (right − left)·λ``, x then y; ``"clean"``, ``"torchmetrics"``:
-  the nonzero entries of the same float32 matrices, summed tap by tap over each output's window,
-  passes in the same order, ``"clean"`` clipped to [0, 255]). The results differ from the device's
-  only by the order in which float32 products are summed (a matrix product may add the terms in
-  any order, fused or not): at most ``γ_K · Σ|w|·|x|`` per pass for ``K`` nonzero taps, ``γ_K = K·u
-  / (1 − K·u)``, ``u = 2⁻²⁴``.
+  the same float32 matrices, cut into blocks of 16 outputs by the inputs their windows reach and
+  applied as small matrix products, passes in the same order, ``"clean"`` clipped to [0, 255]).
+  The results differ from the device's only by the order in which float32 products are summed (a
+  matrix product may add the terms in any order, fused or not; the zeros of a block add exactly
+  nothing): each route is within ``γ_K · Σ|w|·|x|`` of the exact pass for ``K`` nonzero taps,
+  ``γ_K = K·u / (1 − K·u)``, ``u = 2⁻²⁴``.
 
   Args:
     image: uint8 or float array ``(H, W, C)`` of pixel values in [0, 255].
@@ -284,35 +285,44 @@ def _host_bilinear(x, rows, cols):
   return top + (bottom - top) * dy
 
 
-@functools.lru_cache(maxsize=256)
-def _window(kind, in_size, out_size):
-  """``(index, weights)`` ``(out, K)`` of the ``"clean"`` (``kind="pil"``) or ``"torchmetrics"``
-  (``"antialias"``) table: each output's window of inputs and the float32 weights that the dense
-  matrix holds there, zero past its end (indices clamped into the image).
+@functools.lru_cache(maxsize=128)
+def _window(kind, in_size, out_size, group=16):
+  """The ``"clean"`` (``kind="pil"``) or ``"torchmetrics"`` (``"antialias"``) table as blocks
+  ``(o0, o1, s0, block)``: outputs ``[o0, o1)`` read inputs ``[s0, s0 + block.shape[1])`` with the
+  float32 weights the dense matrix holds there (zero outside each output's window).
 
-  Computed without the dense matrices' caches: a folder of photographs has thousands of distinct
-  sizes, and a dense table of a 4000-pixel side is 4.8 MB.
+  Groups of ``group`` outputs make each block a small dense matrix product (BLAS) instead of a
+  loop over taps, without the dense tables: a folder of photographs has thousands of distinct
+  sizes, and the dense table of a 4000-pixel side is 4.8 MB.
   """
   if kind == "pil":
     first, weights = pil_bicubic_weights.__wrapped__(in_size, out_size)
   else:
     first, weights = antialias_bilinear_weights(in_size, out_size)
-  index = np.minimum(first[:, None] + np.arange(weights.shape[1])[None, :], in_size - 1)
-  return index, weights.astype(np.float32)
+  weights = weights.astype(np.float32)
+  taps = weights.shape[1]
+  blocks = []
+  for o0 in range(0, out_size, group):
+    o1 = min(o0 + group, out_size)
+    s0, s1 = int(first[o0:o1].min()), min(int(first[o0:o1].max()) + taps, in_size)
+    block = np.zeros((o1 - o0, s1 - s0), np.float32)
+    for o in range(o0, o1):
+      count = min(taps, in_size - first[o])
+      block[o - o0, first[o] - s0:first[o] - s0 + count] = weights[o, :count]
+    blocks.append((o0, o1, s0, block))
+  return tuple(blocks)
 
 
-def _host_pass(x, window, axis):
-  """``Σ_k w[o, k] · x[index[o, k]]`` along ``axis`` (0: rows, 1: columns), in float32."""
-  index, weights = window
-  shape = (-1, 1, 1) if axis == 0 else (1, -1, 1)
-  out = None
-  for k in range(weights.shape[1]):
-    term = np.take(x, index[:, k], axis=axis) * weights[:, k].reshape(shape)
-    out = term if out is None else out + term
-  return out
+def _host_pass(x, blocks, axis):
+  """``Σ_i w[o, i] · x[i]`` along ``axis`` (0: rows, 1: columns), in float32, block by block."""
+  x = np.moveaxis(x, axis, 0)
+  out = np.empty((blocks[-1][1], *x.shape[1:]), np.float32)
+  for o0, o1, s0, block in blocks:
+    out[o0:o1] = np.tensordot(block, x[s0:s0 + block.shape[1]], axes=1)
+  return np.moveaxis(out, 0, axis)
 
 
 def _host_separable(x, rows, cols, *, horizontal_first):
   if horizontal_first:
-    return _host_pass(_host_pass(x, cols, 1), rows, 0)
-  return _host_pass(_host_pass(x, rows, 0), cols, 1)
+    return np.ascontiguousarray(_host_pass(_host_pass(x, cols, 1), rows, 0))
+  return np.ascontiguousarray(_host_pass(_host_pass(x, rows, 0), cols, 1))
