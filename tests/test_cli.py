@@ -68,6 +68,32 @@ def test_features_command_matches_the_python_api(folder, inception_checkpoints, 
   assert [item["file"] for item in summary["images"]] == [str(f) for f in np.load(out)["files"]]
 
 
+def test_features_command_takes_a_folder_of_mixed_sizes(inception_checkpoints, tmp_path):
+  """The issue's `jaxmetrics fid real/ fake/` on photographs of several sizes, which used to fail:
+  the command passes the network's input size and --resize to the folder, which resizes each
+  image on the host (tests/test_sources.py checks those rows against the device route)."""
+  from jaxmetrics.pipeline import sources
+  folder = tmp_path / "mixed"
+  folder.mkdir()
+  for i, (height, width) in enumerate([(40, 48), (150, 225), (320, 304)]):
+    Image.fromarray(fixtures.test_images(40 + i, 1, height, width)[0]).save(folder / f"{i}.png")
+  out = tmp_path / "features.npz"
+  result = _run("features", folder, "--weights", inception_checkpoints["legacy"], "--no-hash-check",
+                "--json", "--resize", "clean", "-o", out, cache=tmp_path / "cache")
+  assert result.returncode == 0, result.stderr
+  assert json.loads(result.stdout)["n"] == 3
+  params = inception.load_params(inception_checkpoints["legacy"], check_hash=False, cache=False)
+  with sources.open_source(folder, input_size=(299, 299), resize="clean") as source:
+    assert source.host_resize == ((299, 299), "clean")
+    rows, _ = source.read(0, 3)
+  expected = np.asarray(inception.features(params, rows, resize="clean")["pool3"])
+  with np.load(out) as saved:
+    assert [os.path.basename(f) for f in saved["files"]] == ["0.png", "1.png", "2.png"]
+    # The same rows through the same network in another process and batch: float32 round-off.
+    got = saved["pool3"]
+    assert np.linalg.norm(got - expected) <= 1e-5 * np.linalg.norm(expected)
+
+
 @pytest.mark.parametrize("case", ["missing", "empty", "no-images", "output-folder"])
 def test_bad_sources_exit_2_with_one_line(case, tmp_path, inception_checkpoints):
   source = tmp_path / "src"
