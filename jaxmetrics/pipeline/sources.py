@@ -238,6 +238,8 @@ class FolderSource(Source):
       height, width = _check_image_size(image_size)
       self._first = None
     else:
+      if input_size is not None:
+        input_size = _check_image_size(input_size, "input_size")
       try:
         height, width, self._first = self._probe_sizes(folder, input_size, resize)
       except BaseException:
