@@ -109,6 +109,7 @@ __all__ = [
     "convert_state_dict",
     "feature_network",
     "features",
+    "hf_to_hub",
     "interpolate_positions",
     "load",
     "param_shapes",
