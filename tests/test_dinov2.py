@@ -246,8 +246,9 @@ def test_edm2_preprocessing_matches_torch(hw):
   x = x / torch.tensor(dinov2.IMAGE_STD).reshape(1, -1, 1, 1)
   expected = x.permute(0, 2, 3, 1).numpy()
   got = np.asarray(dinov2.preprocess(images, "edm2"))
-  # The same float32 filter applied in another order: ≤ a few ulps of 255 before /255/0.225
-  # (4.6e-5 / 57 ≈ 1e-6 per ulp-level error, bar 10 of them); one grey level is 0.017.
+  # The same float32 filter, summed tap by tap by torch and as matrix products here: seen ≤ 2.6e-6
+  # (1.5e-4 on 0..255, ~10 ulps of 255). One grey level is 1/255/0.225 ≈ 0.017, and torch's output
+  # overshoots [0, 255] here (no clipping, as EDM2), which a clipped resize would miss.
   np.testing.assert_allclose(got, expected, rtol=0, atol=1e-5)
 
 

@@ -29,6 +29,10 @@ the normalisation of the reference each mode comes from).
   apply it as two matrix products, horizontal pass first as torch does.
 
 All four run inside ``jit`` on any backend; the interpolation tables are compile-time constants.
+
+The module also holds the filters other networks preprocess with: Pillow's bicubic on uint8
+images in its 8-bit fixed-point arithmetic (:func:`pil_bicubic`; CLIP and DINOv2) and torch's
+antialiased bicubic (:func:`antialias_bicubic_matrix`; EDM2's DINOv2 resize).
 """
 
 import functools
