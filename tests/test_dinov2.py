@@ -157,6 +157,13 @@ def test_hf_and_hub_names_give_the_same_parameters(hf, tmp_path):
   assert flat_a.keys() == flat_b.keys()
   for key, value in flat_a.items():
     np.testing.assert_array_equal(value, flat_b[key])
+  # transformers 5 names the same tensors q_proj/k_proj/v_proj/o_proj (and gate_proj/up_proj/
+  # down_proj) in memory; a state dict saved from model.state_dict() has those names.
+  in_memory = {k: v.numpy() for k, v in hf["torch"].state_dict().items()}
+  assert any(".q_proj." in k for k in in_memory)
+  flat_c = dict(_flatten(dinov2.convert_state_dict(in_memory, config)))
+  for key, value in flat_c.items():
+    np.testing.assert_array_equal(value, flat_b[key])
 
 
 def _flatten(tree, prefix=()):
