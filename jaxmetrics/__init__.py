@@ -6,6 +6,7 @@ the metrics built on it (:mod:`jaxmetrics.metrics`), joined by the pipeline (:mo
 """
 
 from jaxmetrics.networks import clip
+from jaxmetrics.networks import dinov2
 from jaxmetrics.pipeline import extract
 from jaxmetrics.networks import inception
 from jaxmetrics.checkpoints import weights
@@ -51,6 +52,7 @@ __all__ = [
     "ClipScore",
     "contiguous_split",
     "density_coverage",
+    "dinov2",
     "evaluate",
     "Evaluator",
     "extract",

@@ -115,7 +115,6 @@ ACTIVATIONS = {
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
 }
-_PIL_PRECISION_BITS = 22  # Pillow's Resample.c: 32 − 8 − 2 bits for 8-bit images.
 _LEGACY_EOS_TOKEN_ID = 2
 
 
@@ -807,53 +806,6 @@ def crop_offset(resized, size, crop="hf"):
   return int(round((resized - size) / 2.0))
 
 
-@functools.lru_cache(maxsize=None)
-def _pil_taps_8bpc(in_size, out_size):
-  """Pillow's ``normalize_coeffs_8bpc``: the weights as int32 ``round_half_away(k · 2²²)``."""
-  first, w = _resize.pil_bicubic_weights(in_size, out_size)
-  fixed = w * (1 << _PIL_PRECISION_BITS)
-  return first, np.where(fixed < 0, np.trunc(fixed - 0.5), np.trunc(fixed + 0.5)).astype(np.int32)
-
-
-def _pil_pass_8bpc(x, axis, out_size, start, count):
-  """One pass of Pillow's 8-bit resampling along ``axis`` of int32 ``x`` (values 0..255), for the
-  outputs ``start .. start + count − 1``: ``clip((2²¹ + Σ p·k) >> 22, 0, 255)``, exactly."""
-  in_size = x.shape[axis]
-  first, coeffs = _pil_taps_8bpc(in_size, out_size)
-  first, coeffs = first[start:start + count], coeffs[start:start + count]
-  shape = [1] * x.ndim
-  shape[axis] = count
-  acc = None
-  for t in range(coeffs.shape[1]):
-    if not coeffs[:, t].any():
-      continue
-    index = np.minimum(first + t, in_size - 1)
-    term = jnp.take(x, index, axis=axis) * jnp.asarray(coeffs[:, t].reshape(shape))
-    acc = term if acc is None else acc + term
-  # int32 like Pillow: |Σ p·k| < 255 · 1.25 · 2²² < 2³¹; >> is an arithmetic (floor) shift.
-  return jnp.clip(jnp.right_shift(acc + (1 << (_PIL_PRECISION_BITS - 1)), _PIL_PRECISION_BITS),
-                  0, 255)
-
-
-def _float_pass(x, axis, out_size, start, count):
-  matrix = jnp.asarray(_resize.pil_bicubic_matrix(x.shape[axis], out_size)[start:start + count])
-  spec = "oh,nhwc->nowc" if axis == 1 else "ow,nhwc->nhoc"
-  return jnp.clip(jnp.einsum(spec, matrix, x, precision=jax.lax.Precision.HIGHEST), 0.0, 255.0)
-
-
-def _pass_order(height, width, out_h, out_w, top, left):
-  """``(axis, output size, first output kept)`` of the two passes, in Pillow's order.
-
-  See :func:`jaxmetrics.networks.resize.pil_horizontal_first` (Pillow 13's ``ImagingResampleInner``). The
-  order matters for uint8 images, rounded to 8 bits between the passes. A side already at its size
-  is not resampled, as in Pillow.
-  """
-  passes = [(2, out_w, left), (1, out_h, top)]
-  if not _resize.pil_horizontal_first(height, width, out_h, out_w):
-    passes.reverse()
-  return passes
-
-
 def preprocess(images, *, size=224, crop="hf"):
   """CLIP's image preprocessing on device: ``(N, H, W, 3)`` → normalised ``(N, size, size, 3)``.
 
@@ -881,11 +833,11 @@ def preprocess(images, *, size=224, crop="hf"):
   top, left = crop_offset(out_h, size, crop), crop_offset(out_w, size, crop)
   if images.dtype == jnp.uint8:
     x = images.astype(jnp.int32)
-    resample = _pil_pass_8bpc
+    resample = _resize.pil_pass_8bpc
   else:
     x = images.astype(jnp.float32) * 255.0
-    resample = _float_pass
-  for axis, out, start in _pass_order(height, width, out_h, out_w, top, left):
+    resample = _resize.pil_pass_float
+  for axis, out, start in _resize.pil_pass_order(height, width, out_h, out_w, top, left):
     if out != x.shape[axis]:
       x = resample(x, axis, out, start, size)
     elif start or size != out:
