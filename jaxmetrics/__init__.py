@@ -8,6 +8,7 @@ the metrics built on it (:mod:`jaxmetrics.metrics`), joined by the pipeline (:mo
 from jaxmetrics.networks import clip
 from jaxmetrics.pipeline import extract
 from jaxmetrics.networks import inception
+from jaxmetrics.metrics import training
 from jaxmetrics.checkpoints import weights
 from jaxmetrics._errors import CheckpointError
 from jaxmetrics._errors import InputError
@@ -79,6 +80,7 @@ __all__ = [
     "semantic_similarity",
     "SemanticSimilarity",
     "ssim",
+    "training",
     "weights",
     "WeightsError",
 ]
