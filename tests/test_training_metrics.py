@@ -307,8 +307,8 @@ def test_shard_map_reduce_over_the_axis_equals_one_device():
     inception = IS.from_model_output(logits_unbiased=x, mask=m).reduce("data")
     return fid, kid, inception
 
-  sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P("data"), out_specs=P(),
-                                  check_vma=False))
+  # check_vma on (the default): every reduced state is typed as replicated, as out_specs=P() says.
+  sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P("data"), out_specs=P()))
   fid8, kid8, is8 = sharded(generated, reference, mask)
   fid1 = FID.from_model_output(features=generated, reference_features=reference, mask=mask)
   kid1 = KID.from_model_output(features=generated, reference_features=reference, mask=mask)
@@ -336,6 +336,7 @@ def test_gather_from_model_output_under_shard_map_equals_one_device():
   def per_device(x):
     return Metrics.gather_from_model_output(axis_name="data", features=x)
 
+  # clu's all_gather is typed as varying over the axis: check_vma off, as clu's own metrics need.
   gathered = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P("data"), out_specs=P(),
                                    check_vma=False))(generated)
   one = Metrics.single_from_model_output(features=generated)
@@ -418,6 +419,10 @@ def test_errors_at_the_jit_boundary_say_what_to_do():
                   "flatten the spatial axes first")
   _one_line_error(lambda: FID.from_model_output(features=reference, mask=np.ones(3, bool)),
                   r"mask: expected a bool .* shape \(80,\)")
+  two_sided = training.FID.configure(dim=D)
+  _one_line_error(lambda: two_sided.from_model_output(features=reference, mask=np.ones(80, bool),
+                                                      reference_features=reference[:50]),
+                  r"mask \(applied to the reference features too: pass reference_mask .* \(50,\)")
   _one_line_error(lambda: FID.from_model_output(pool3=reference),
                   "expected a model output named 'features', got pool3")
   other = training.FID.configure(dim=8)

@@ -54,8 +54,9 @@ collectives: for feature statistics with per-device :math:`(n_i, \bar x_i, M_i)`
 
 two ``psum`` s (the count and weighted mean, then the scatter), the same statistics as Chan's
 pairwise merge in any order (the k-way form of the same identity), without raw second moments.
-Buffers are ``all_gather`` ed and compacted in device order, IS and reconstruction sums ``psum``
-med. Under plain ``jit`` with sharded arrays none of this is needed: the sums inside ``update`` are
+Buffers are placed at their device's offset and ``psum`` med (each slot is written by one device:
+exact, in device order), IS, reconstruction and CLIP sums ``psum`` med; every result is replicated
+(invariant), as ``shard_map``'s ``out_specs=P()`` wants. Under plain ``jit`` with sharded arrays none of this is needed: the sums inside ``update`` are
 reductions over the sharded batch axis, which XLA turns into all-reduces itself.
 
 NNX. :class:`NNXMetric` (or ``MetricClass.nnx()``) wraps a state class as a ``flax.nnx.Metric``
@@ -225,6 +226,13 @@ def _fingerprint(value):
   return repr(value)
 
 
+def _reference_mask(outputs, mask):
+  """The reference side's mask and its name in errors: ``reference_mask``, else ``mask``."""
+  if "reference_mask" in outputs:
+    return outputs["reference_mask"], "reference_mask"
+  return mask, "mask (applied to the reference features too: pass reference_mask for theirs)"
+
+
 def _is_int(x):
   return isinstance(x, (int, np.integer)) and not isinstance(x, bool)
 
@@ -279,8 +287,31 @@ def _fold_buffers(stacked, capacity):
   return merged.replace(dropped=merged.dropped + jnp.sum(stacked.dropped, dtype=jnp.int32))
 
 
-def _gather(state, axis_name):
-  return jax.lax.all_gather(state, axis_name)
+def _psum_buffers(buffer, axis_name, capacity):
+  """Per-device FeatureBuffers over ``axis_name`` → one of ``capacity`` slots on every device.
+
+  Device i writes its rows at the slots after those of devices 0..i-1 (offsets from a ``psum`` of
+  the counts) into a zero buffer; a ``psum`` of the buffers then adds each row to zeros only, so the
+  rows arrive exactly, in device order. The result is replicated (invariant) by construction, as
+  ``shard_map``'s ``out_specs=P()`` requires, where an ``all_gather`` would be typed as varying.
+  """
+  devices = jax.lax.axis_size(axis_name)
+  rank = jax.lax.axis_index(axis_name)
+  counts = jax.lax.psum(jnp.zeros((devices,), jnp.int32).at[rank].set(buffer.count), axis_name)
+  offset = jnp.sum(jnp.where(jnp.arange(devices) < rank, counts, 0))
+  order = jnp.argsort(~buffer.valid, stable=True)  # this device's rows first, in slot order
+  valid = buffer.valid[order]
+  slot = offset + jnp.arange(buffer.capacity, dtype=jnp.int32)
+  fits = valid & (slot < capacity)
+  slot = jnp.where(fits, slot, capacity)  # rows that do not count go to a dropped slot
+  d = buffer.features.shape[1]
+  features = jnp.zeros((capacity, d), buffer.features.dtype).at[slot].set(
+      buffer.features[order], mode="drop")
+  held = jnp.zeros((capacity,), jnp.int32).at[slot].set(1, mode="drop")
+  return FeatureBuffer(
+      features=jax.lax.psum(features, axis_name), valid=jax.lax.psum(held, axis_name) > 0,
+      count=jax.lax.psum(jnp.sum(fits, dtype=jnp.int32), axis_name),
+      dropped=jax.lax.psum(buffer.dropped + jnp.sum(valid & ~fits, dtype=jnp.int32), axis_name))
 
 
 # ----------------------------------------------------------------------------------- FID ---
@@ -367,19 +398,20 @@ class FID(_Metric):
     dim, name = options["dim"], options["features"]
     empty = FeatureStats.empty(dim)
 
-    def side(key, side_mask):
+    def side(key, side_mask, mask_name):
       x = _features(cls.__name__, key, outputs[key], dim)
-      return empty.update(x, _mask("mask", side_mask, x.shape[0]))
+      return empty.update(x, _mask(mask_name, side_mask, x.shape[0]))
 
     if "reference" in options:
       cls._output(outputs, name)
-      return cls(stats=side(name, mask), reference_stats=None)
+      return cls(stats=side(name, mask, "mask"), reference_stats=None)
     ref_name = options["reference_features"]
     if name not in outputs and ref_name not in outputs:
       cls._output(outputs, name)
-    ref_mask = outputs.get("reference_mask", mask)
-    return cls(stats=side(name, mask) if name in outputs else empty,
-               reference_stats=side(ref_name, ref_mask) if ref_name in outputs else empty)
+    ref_mask, ref_mask_name = _reference_mask(outputs, mask)
+    return cls(stats=side(name, mask, "mask") if name in outputs else empty,
+               reference_stats=side(ref_name, ref_mask, ref_mask_name) if ref_name in outputs
+               else empty)
 
   def merge(self, other):
     self._check_same(other)
@@ -554,20 +586,21 @@ class _BufferMetric(_Metric):
     o = cls._options()
     name, ref_name = o["features"], o["reference_features"]
 
-    def side(key, side_mask):
+    def side(key, side_mask, mask_name):
       x = _features(cls.__name__, key, outputs[key], o["dim"])
       return FeatureBuffer.empty(x.shape[0], o["dim"]).update(
-          x, _mask("mask", side_mask, x.shape[0]))
+          x, _mask(mask_name, side_mask, x.shape[0]))
 
     if o["reference"] is not None:
       cls._output(outputs, name)
-      return cls(generated=side(name, mask), reference=None)
+      return cls(generated=side(name, mask, "mask"), reference=None)
     if name not in outputs and ref_name not in outputs:
       cls._output(outputs, name)
     none = FeatureBuffer.empty(1, o["dim"])
-    ref_mask = outputs.get("reference_mask", mask)
-    return cls(generated=side(name, mask) if name in outputs else none,
-               reference=side(ref_name, ref_mask) if ref_name in outputs else none)
+    ref_mask, ref_mask_name = _reference_mask(outputs, mask)
+    return cls(generated=side(name, mask, "mask") if name in outputs else none,
+               reference=side(ref_name, ref_mask, ref_mask_name) if ref_name in outputs
+               else none)
 
   def merge(self, other):
     self._check_same(other)
@@ -578,10 +611,13 @@ class _BufferMetric(_Metric):
                       merge(self.reference, other.reference))
 
   def reduce(self, axis_name=None):
-    """Folds per-device buffers in device order: along axis 0, or ``all_gather`` over
-    ``axis_name`` first; the result has the configured capacity."""
+    """Folds per-device buffers in device order, along axis 0 or over ``axis_name`` by ``psum``
+    (``_psum_buffers``); the result has the configured capacity."""
     capacity = type(self)._options()["capacity"]
-    fold = lambda b: _fold_buffers(b if axis_name is None else _gather(b, axis_name), capacity)
+    if axis_name is None:
+      fold = lambda b: _fold_buffers(b, capacity)
+    else:
+      fold = lambda b: _psum_buffers(b, axis_name, capacity)
     return type(self)(generated=fold(self.generated),
                       reference=None if self.reference is None else fold(self.reference))
 
