@@ -1,10 +1,10 @@
-"""Training-loop metric states against the peers, inside the real clu and NNX, sharded over 8 devices.
+"""Training-loop metric states against the peers, in the real clu and NNX, sharded over 8 devices.
 
 Features are small random arrays (d = 16..32), fed in padded, masked batches as a jitted loop would.
 Values are compared with the peers' own code on the float64 rows or statistics of all features:
 pytorch-fid's ``calculate_frechet_distance`` (FID), torch-fidelity's ``kid_featuresdict_to_metric``,
-``isc_featuresdict_to_metric`` and ``prc_features_to_metric``, prdc's ``compute_prdc``, scikit-image's
-``peak_signal_noise_ratio``, and NumPy float64 for the rest.
+``isc_featuresdict_to_metric`` and ``prc_features_to_metric``, prdc's ``compute_prdc``,
+scikit-image's ``peak_signal_noise_ratio``, and NumPy float64 for the rest.
 """
 
 import clu.metrics

@@ -38,9 +38,10 @@ formulas from their float32 sums in NumPy float64. Too few samples is an ``Input
 (FID with fewer than 2 rows on a side, KID with fewer rows than ``subset_size``, a k-NN ball without
 k other points, an empty IS split), never a silent zero. Inside ``jit`` nothing can raise: FID,
 sFID, IS, reconstruction and CLIP scores are computed in float32 (JAX's dtype with x64 off) and are
-NaN when the host would have raised, which is right for tracking progress; KID and the k-NN metrics
-draw subsets and count on the host and raise an ``InputError`` on a traced state, saying to return
-the state from the jitted function and compute outside.
+NaN when the host would have raised, which is right for tracking progress; KID, the k-NN metrics
+and semantic similarity draw subsets, count or divide per prompt on the host and raise an
+``InputError`` on a traced state, saying to return the state from the jitted function and compute
+outside.
 
 Sharded. ``reduce()`` folds states stacked along a leading axis (what ``jax.lax.all_gather`` and
 ``clu.metrics.Collection.gather_from_model_output`` produce) in one vectorised step, and
@@ -56,8 +57,9 @@ two ``psum`` s (the count and weighted mean, then the scatter), the same statist
 pairwise merge in any order (the k-way form of the same identity), without raw second moments.
 Buffers are placed at their device's offset and ``psum`` med (each slot is written by one device:
 exact, in device order), IS, reconstruction and CLIP sums ``psum`` med; every result is replicated
-(invariant), as ``shard_map``'s ``out_specs=P()`` wants. Under plain ``jit`` with sharded arrays none of this is needed: the sums inside ``update`` are
-reductions over the sharded batch axis, which XLA turns into all-reduces itself.
+(invariant), as ``shard_map``'s ``out_specs=P()`` wants. Under plain ``jit`` with sharded arrays
+none of this is needed: the sums inside ``update`` are reductions over the sharded batch axis,
+which XLA turns into all-reduces itself.
 
 NNX. :class:`NNXMetric` (or ``MetricClass.nnx()``) wraps a state class as a ``flax.nnx.Metric``
 with ``update(**outputs)``, ``reset()`` and ``compute()``, the state in one
@@ -682,7 +684,8 @@ class PrecisionRecall(_BufferMetric):
 
   def compute(self):
     generated, reference = self._rows()
-    precision, recall = manifold.precision_recall(generated, reference, k=type(self)._options()["k"])
+    k = type(self)._options()["k"]
+    precision, recall = manifold.precision_recall(generated, reference, k=k)
     return {"precision": precision, "recall": recall}
 
 
@@ -704,7 +707,8 @@ class DensityCoverage(_BufferMetric):
 
   def compute(self):
     generated, reference = self._rows()
-    density, coverage = manifold.density_coverage(generated, reference, k=type(self)._options()["k"])
+    k = type(self)._options()["k"]
+    density, coverage = manifold.density_coverage(generated, reference, k=k)
     return {"density": density, "coverage": coverage}
 
 
@@ -837,7 +841,8 @@ class ClipScore(_Metric):
     self._check_same(other)
     total, error = reconstruction._two_sum(self.total, other.total)
     return type(self)(total=total, compensation=self.compensation + other.compensation + error,
-                      count=self.count + other.count, num_invalid=self.num_invalid + other.num_invalid)
+                      count=self.count + other.count,
+                      num_invalid=self.num_invalid + other.num_invalid)
 
   def reduce(self, axis_name=None):
     if axis_name is not None:
