@@ -161,8 +161,7 @@ def test_inception_score_matches_torch_fidelity():
   assert abs(std - out["inception_score_std"]) <= 1e-6 * mean
 
 
-@pytest.mark.parametrize("streamed", [False, True])
-def test_precision_recall_density_coverage_match_peers(streamed, capsys):
+def test_precision_recall_density_coverage_match_peers(capsys):
   # Quantised features: every squared distance is exact in float32 (test_manifold.py), so the
   # decisions, and the fractions, equal the peers' exactly.
   generated, reference = _quantised(150, 32, seed=11, shift=0.05), _quantised(130, 32, seed=12)
@@ -170,14 +169,11 @@ def test_precision_recall_density_coverage_match_peers(streamed, capsys):
   PR = training.PrecisionRecall.configure(capacity=192, dim=32)
   DC = training.DensityCoverage.configure(capacity=192, reference=reference)
   Metrics = clu.metrics.Collection.create(pr=PR, dc=DC)
-  if streamed:
-    metrics = Metrics.empty()
-    step = jax.jit(lambda m, x, y, mask, ref_mask: m.merge(Metrics.single_from_model_output(
-        features=x, reference_features=y, mask=mask, reference_mask=ref_mask)))
-    for (x, mask), (y, ref_mask) in zip(_batches(generated, 32), _batches(reference, 32)):
-      metrics = step(metrics, x, y, mask, ref_mask)
-  else:
-    metrics = Metrics.single_from_model_output(features=generated, reference_features=reference)
+  metrics = Metrics.empty()
+  step = jax.jit(lambda m, x, y, mask, ref_mask: m.merge(Metrics.single_from_model_output(
+      features=x, reference_features=y, mask=mask, reference_mask=ref_mask)))
+  for (x, mask), (y, ref_mask) in zip(_batches(generated, 32), _batches(reference, 32)):
+    metrics = step(metrics, x, y, mask, ref_mask)
   out = metrics.compute()
   precision_count, recall_count = _torch_fidelity(generated, reference, 3)
   assert out["pr"]["precision"] == precision_count / 150
