@@ -83,6 +83,7 @@ Example (clu)::
   print(metrics.compute())                      # {'fid': numpy.float64, 'loss': Array}
 """
 
+import hashlib
 import os
 
 import flax.struct
@@ -223,7 +224,6 @@ def _fingerprint(value):
   if isinstance(value, FrechetReference):
     value = value.factor
   if isinstance(value, np.ndarray):
-    import hashlib  # pylint: disable=g-import-not-at-top
     return f"<{value.dtype} {value.shape} sha1:{hashlib.sha1(value.tobytes()).hexdigest()[:8]}>"
   return repr(value)
 
