@@ -297,15 +297,25 @@ def test_shard_map_reduce_over_the_axis_equals_one_device():
   KID = training.KID.configure(capacity=512, dim=D, subset_size=100, subsets=5)
   IS = training.InceptionScore.configure(num_classes=D, splits=2)
 
-  def per_device(x, y, m):
+  Semantic = training.SemanticSimilarity.configure(num_prompts=4, dim=D)
+  prompt = np.arange(256, dtype=np.int32) % 4
+
+  def others(x, y, m, p):
+    # Embeddings with positive mean cosines, so that neither score is clamped to 0.
+    outputs = dict(x=x, x_hat=y, image_embeddings=x + 1, text_embeddings=x + y + 1, prompt=p,
+                   mask=m)
+    return tuple(cls.from_model_output(**outputs) for cls in
+                 (training.Reconstruction, training.ClipScore, Semantic))
+
+  def per_device(x, y, m, p):
     fid = FID.from_model_output(features=x, reference_features=y, mask=m).reduce("data")
     kid = KID.from_model_output(features=x, reference_features=y, mask=m).reduce("data")
     inception = IS.from_model_output(logits_unbiased=x, mask=m).reduce("data")
-    return fid, kid, inception
+    return (fid, kid, inception) + tuple(state.reduce("data") for state in others(x, y, m, p))
 
   # check_vma on (the default): every reduced state is typed as replicated, as out_specs=P() says.
   sharded = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P("data"), out_specs=P()))
-  fid8, kid8, is8 = sharded(generated, reference, mask)
+  fid8, kid8, is8, *others8 = sharded(generated, reference, mask, prompt)
   fid1 = FID.from_model_output(features=generated, reference_features=reference, mask=mask)
   kid1 = KID.from_model_output(features=generated, reference_features=reference, mask=mask)
   assert int(fid8.stats.count) == 250
@@ -320,6 +330,15 @@ def test_shard_map_reduce_over_the_axis_equals_one_device():
   assert kid8.compute() == kid1.compute()
   # IS: per-device round-robin differs from one device's; the per-split row counts add up.
   assert int(is8.state.num.sum()) == 250
+  # MSE and CLIP score (100·cos): row-local float32 values, compensated sums in another order: a
+  # few ε of the value's scale. Semantic similarity: per-prompt float32 sums of ~64 unit vectors in
+  # another order, ~64 ε of the N² terms c_p cancels, times 100.
+  rec1, clip1, semantic1 = (state.compute() for state in others(generated, reference, mask, prompt))
+  rec8, clip8, semantic8 = (state.compute() for state in others8)
+  assert clip1 > 10 and semantic1 > 10
+  assert abs(rec8 - rec1) <= 8 * EPS32 * rec1
+  assert abs(clip8 - clip1) <= 8 * EPS32 * 100
+  assert abs(semantic8 - semantic1) <= 64 * EPS32 * 100
 
 
 def test_gather_from_model_output_under_shard_map_equals_one_device():
