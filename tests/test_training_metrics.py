@@ -346,18 +346,31 @@ def test_gather_from_model_output_under_shard_map_equals_one_device():
   generated, reference = _features(128, seed=21, shift=0.2), _features(200, seed=22)
   Metrics = clu.metrics.Collection.create(
       fid=training.FID.with_reference(_moments(reference)),
-      pr=training.PrecisionRecall.configure(capacity=128, reference=reference))
+      pr=training.PrecisionRecall.configure(capacity=128, reference=reference),
+      mae=training.Reconstruction.configure("mae"), clip=training.ClipScore,
+      inception=training.InceptionScore.configure(num_classes=D, splits=2))
 
-  def per_device(x):
-    return Metrics.gather_from_model_output(axis_name="data", features=x)
+  def per_device(x, index):
+    return Metrics.gather_from_model_output(
+        axis_name="data", features=x, x=x, x_hat=0.5 * x, image_embeddings=x + 1,
+        text_embeddings=1 - x, logits_unbiased=x, index=index)
 
   # clu's all_gather is typed as varying over the axis: check_vma off, as clu's own metrics need.
   gathered = jax.jit(jax.shard_map(per_device, mesh=mesh, in_specs=P("data"), out_specs=P(),
-                                   check_vma=False))(generated)
-  one = Metrics.single_from_model_output(features=generated)
+                                   check_vma=False))(generated, np.arange(128, dtype=np.int32))
+  one = Metrics.single_from_model_output(
+      features=generated, x=generated, x_hat=0.5 * generated, image_embeddings=generated + 1,
+      text_embeddings=1 - generated, logits_unbiased=generated,
+      index=np.arange(128, dtype=np.int32))
   a, b = gathered.compute(), one.compute()
   assert abs(a["fid"] - b["fid"]) <= FID_TOL * _fid_scale(generated, reference)
   assert a["pr"] == b["pr"]
+  # Row-local float32 values, compensated sums in another order: a few ε of the scale.
+  assert abs(a["mae"] - b["mae"]) <= 8 * EPS32 * b["mae"]
+  assert abs(a["clip"] - b["clip"]) <= 8 * EPS32 * 100
+  # IS, split by the global index: the same rows per split, float32 sums of 64 rows in another
+  # order (~64 ε relative), through entropy terms of size ≤ log 16 ≈ 2.8 in the exponent.
+  np.testing.assert_allclose(a["inception"], b["inception"], rtol=64 * EPS32 * 3)
 
 
 def test_jit_with_sharded_inputs_equals_one_device_and_compiles_once():
