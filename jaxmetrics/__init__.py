@@ -9,6 +9,7 @@ from jaxmetrics.networks import clip
 from jaxmetrics.networks import dinov2
 from jaxmetrics.pipeline import extract
 from jaxmetrics.networks import inception
+from jaxmetrics.metrics import training
 from jaxmetrics.checkpoints import weights
 from jaxmetrics._errors import CheckpointError
 from jaxmetrics._errors import InputError
@@ -81,6 +82,7 @@ __all__ = [
     "semantic_similarity",
     "SemanticSimilarity",
     "ssim",
+    "training",
     "weights",
     "WeightsError",
 ]
