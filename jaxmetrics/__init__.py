@@ -29,6 +29,8 @@ from jaxmetrics.metrics.kid import kid
 from jaxmetrics.metrics.manifold import density_coverage
 from jaxmetrics.metrics.manifold import manifold_metrics
 from jaxmetrics.metrics.manifold import precision_recall
+from jaxmetrics.metrics.mmd import cmmd
+from jaxmetrics.metrics.mmd import mmd_rbf
 from jaxmetrics.metrics.reconstruction import ReconstructionState
 from jaxmetrics.metrics.reconstruction import psnr
 from jaxmetrics.metrics.reconstruction import reconstruction_error
@@ -49,6 +51,7 @@ __all__ = [
     "clip",
     "clip_score",
     "ClipScore",
+    "cmmd",
     "contiguous_split",
     "density_coverage",
     "evaluate",
@@ -70,6 +73,7 @@ __all__ = [
     "load_params",
     "load_stats",
     "manifold_metrics",
+    "mmd_rbf",
     "precision_recall",
     "psnr",
     "reconstruction_error",
