@@ -205,10 +205,11 @@ def _cmmd_file_preprocess(image, size=336):
   return pixels, (x - mean) / std
 
 
-@pytest.mark.parametrize("size", [(400, 500), (200, 150), (336, 401), (337, 900), (1000, 703)])
+@pytest.mark.parametrize("size", [(400, 500), (200, 150), (336, 401), (337, 900), (1000, 703),
+                                  (3, 5)])
 def test_preprocess_is_cmmds_pil_route(size):
-  # Shrinking (antialiased) and enlarging, a side already 336 (no resampling), odd margins, and a
-  # tall image.
+  # Shrinking (antialiased) and enlarging, a side already 336 (no resampling), odd margins, a
+  # tall image, and one smaller than a 14-pixel patch (cmmd enlarges it like any other).
   image = test_images(size[0] + size[1], 1, *size)
   pixels, expected = _cmmd_file_preprocess(image[0])
   got = np.asarray(jax.jit(clip.cmmd_preprocess)(image))[0]
@@ -309,5 +310,15 @@ def test_network_refuses_another_clip(archive_336, tmp_path):
   with pytest.raises(CheckpointError) as info:
     clip.CMMD_NETWORK.load_weights_file(other, None)
   assert "\n" not in str(info.value)
+  # A DINOv2 checkpoint (torch hub names) given for CLIP.
+  dinov2 = tmp_path / "dinov2_vits14_pretrain.pth"
+  torch.save({"cls_token": torch.zeros(1, 1, 64), "pos_embed": torch.zeros(1, 5, 64),
+              "patch_embed.proj.weight": torch.zeros(64, 3, 14, 14),
+              "blocks.0.norm1.weight": torch.ones(64)}, dinov2)
+  with pytest.raises(CheckpointError) as info:
+    clip.CMMD_NETWORK.load_weights_file(dinov2, None)
+  message = str(info.value)
+  assert "\n" not in message and "not a CLIP checkpoint (a DINOv2 checkpoint?" in message
+  assert str(dinov2) in message and "'cls_token'" in message
   with pytest.raises(InputError, match="cmmd_network"):
     clip.cmmd_embeddings({}, test_images(0, 1, 8, 8), network=jaxmetrics.inception.NETWORK)

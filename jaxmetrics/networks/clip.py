@@ -696,6 +696,26 @@ def read_tensors(path):
                           ) from None
 
 
+# Tensor names that only an image model of another kind has: DINOv2 (torch hub: cls_token,
+# patch_embed.*, blocks.*; Hugging Face Dinov2Model: embeddings.cls_token, encoder.layer.*).
+_DINOV2_NAMES = ("cls_token", "patch_embed.proj.weight", "embeddings.cls_token",
+                 "embeddings.mask_token", "mask_token")
+
+
+def _check_is_clip(state_dict, source):
+  """A one-line ``CheckpointError`` for a state dict with neither CLIP layout's image tower."""
+  names = [k.removeprefix("module.") for k in state_dict]
+  if any(n.startswith(("visual.", "vision_model.")) for n in names):
+    return
+  hint = ""
+  if any(n in _DINOV2_NAMES or n.startswith("blocks.0.") for n in names):
+    hint = " (a DINOv2 checkpoint? load it with the DINOv2 network)"
+  shown = ", ".join(repr(n) for n in names[:3]) or "no tensors"
+  raise CheckpointError(f"{source}: not a CLIP checkpoint{hint}: expected image-tower tensors "
+                        f"named visual.* (OpenAI, OpenCLIP) or vision_model.* (Hugging Face), got "
+                        f"{shown}{', ...' if len(names) > 3 else ''}")
+
+
 def _read_json(path):
   try:
     return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
@@ -773,6 +793,7 @@ def load(path=None, *, name=None, config=None, tokenizer=None, check_hash=True, 
     else:
       raise CheckpointError(f"{path}: no such file or folder; expected a CLIP checkpoint")
   state_dict = read_tensors(weights_file)
+  _check_is_clip(state_dict, weights_file)
   if config is None and (path is None or torch_checkpoint.is_torchscript(weights_file)):
     config = Config.from_openai(state_dict, source=str(weights_file))
   elif config is None:
