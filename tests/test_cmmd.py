@@ -275,9 +275,9 @@ def test_network_matches_transformers_and_cmmd_matches_clip_mmd(archive_336):
   params = network.load_weights_file(path, digest)
   assert set(params) == {"vision_model", "visual_projection"}
   a = np.concatenate([test_images(20, 3, 360, 480), test_images(21, 3, 360, 480)])
-  b = test_images(22, 5, 300, 300)
+  b = test_images(22, 5, 360, 480)  # one shape and batch size: one compilation of the ViT
   ours_a = np.asarray(clip.cmmd_embeddings(params, a, network=network, batch_size=4))
-  ours_b = np.asarray(clip.cmmd_embeddings(params, b, network=network))
+  ours_b = np.asarray(clip.cmmd_embeddings(params, b, network=network, batch_size=4))
   ref_a = _torch_cmmd_embeddings(archive_336["torch"], a)
   ref_b = _torch_cmmd_embeddings(archive_336["torch"], b)
   for ours, ref in ((ours_a, ref_a), (ours_b, ref_b)):

@@ -34,6 +34,11 @@ projection. These are ``CLIPModel.get_image_features`` / ``get_text_features`` o
   ``(0.48145466, 0.4578275, 0.40821073)`` and std ``(0.26862954, 0.26130258, 0.27577711)``.
   OpenAI's ``clip.load`` and OpenCLIP resize the same way (torchvision ``Resize`` on a PIL image)
   and differ only in the centre crop's rounding (``crop="openai"``).
+* **CMMD** (:data:`CMMD_NETWORK`, :func:`cmmd_network`): google-research/cmmd's feature network,
+  OpenAI's ViT-L/14@336px (``ViT-L-14-336px.pt``, registry name :data:`CMMD_WEIGHTS`), fed as cmmd
+  reads image files (:func:`cmmd_preprocess`: centre square crop *then* Pillow's bicubic resize to
+  336, ``/255``, the same mean/std), its feature the L2-normalised image embedding
+  (:func:`cmmd_embeddings`); the distance itself is :func:`jaxmetrics.cmmd`.
 * **Tokens** come from the checkpoint's ``tokenizer.json`` through the ``tokenizers`` library
   (:func:`load_tokenizer`, :func:`tokenize`), truncated to the context length with the end-of-text
   token kept, as ``CLIPTokenizer(truncation=True)`` and OpenAI's ``clip.tokenize(truncate=True)``.
