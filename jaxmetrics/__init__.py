@@ -31,6 +31,8 @@ from jaxmetrics.metrics.kid import kid
 from jaxmetrics.metrics.manifold import density_coverage
 from jaxmetrics.metrics.manifold import manifold_metrics
 from jaxmetrics.metrics.manifold import precision_recall
+from jaxmetrics.metrics.mmd import cmmd
+from jaxmetrics.metrics.mmd import mmd_rbf
 from jaxmetrics.metrics.reconstruction import ReconstructionState
 from jaxmetrics.metrics.reconstruction import psnr
 from jaxmetrics.metrics.reconstruction import reconstruction_error
@@ -51,6 +53,7 @@ __all__ = [
     "clip",
     "clip_score",
     "ClipScore",
+    "cmmd",
     "contiguous_split",
     "density_coverage",
     "dinov2",
@@ -73,6 +76,7 @@ __all__ = [
     "load_params",
     "load_stats",
     "manifold_metrics",
+    "mmd_rbf",
     "precision_recall",
     "psnr",
     "reconstruction_error",
