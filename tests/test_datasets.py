@@ -12,9 +12,10 @@ from jaxmetrics.pipeline import datasets
 from jaxmetrics.pipeline import extract
 from jaxmetrics.pipeline import sources
 from tests import _inception_fixtures as fixtures
+from tests import _optional
 from tests import _pixel_network
 
-grain = pytest.importorskip("grain")  # the grain extra; CI installs it, and a skip fails there
+grain = _optional.require("grain")
 
 H, W = 6, 5
 IMAGES = fixtures.test_images(5, 10, H, W)

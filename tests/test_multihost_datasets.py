@@ -17,9 +17,9 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from tests import _inception_fixtures as fixtures
+from tests import _optional
 
 N, H, W = 7, 6, 5
 IMAGES = fixtures.test_images(21, N, H, W)
@@ -47,7 +47,7 @@ def _sampled(n):
 
 
 def test_two_processes_read_rows_and_samples_as_one(tmp_path):
-  pytest.importorskip("grain")  # the grain extra; CI installs it, and a skip fails there
+  _optional.require("grain")
   address = f"127.0.0.1:{_free_port()}"
   # The coordinator binds to every interface unless told otherwise: keep it on the loopback.
   env = dict(os.environ, JAX_PLATFORMS="cpu",

@@ -20,10 +20,10 @@ from jaxmetrics.pipeline import datasets
 from jaxmetrics.pipeline import extract
 from jaxmetrics.pipeline import sources
 from tests import _inception_fixtures as fixtures
+from tests import _optional
 from tests import _pixel_network
 
-# The tfds extra; CI installs it, and a skip fails there.
-tfds = pytest.importorskip("tensorflow_datasets")
+tfds = _optional.require("tensorflow_datasets")
 
 H, W = 6, 5
 TRAIN = fixtures.test_images(11, 11, H, W)

@@ -6,12 +6,12 @@ this module:
 ==========================================  ===================================================
 ``open_source(x)``                          source
 ==========================================  ===================================================
-``"tfds:NAME:SPLIT"``                       a TFDS split prepared in ``$TFDS_DATA_DIR``, in
-                                            order; ``SPLIT`` may be sliced (``train[:5000]``,
+``"tfds:NAME:SPLIT"``                       a TFDS split in ``$TFDS_DATA_DIR``, in order;
+                                            ``SPLIT`` may be sliced (``train[:5000]``,
                                             ``test[10%:]``): :func:`open_tfds`
 ``tfds.data_source(NAME, split=...)``       random access by row (:class:`SequenceSource`)
 ``grain.MapDataset``                        random access by row (:class:`SequenceSource`)
-``grain.DataLoader``, ``grain.IterDataset``  read once, in order (an iterable of batches)
+``grain.DataLoader`` / ``IterDataset``      read once, in order (an iterable of batches)
 ``SamplerSource(sampler, num_samples)``     a jitted ``sampler(step)`` returning image batches
                                             as ``jax.Array``: fed to the devices as they are
 ==========================================  ===================================================
