@@ -341,13 +341,12 @@ def open_source(source, *, image_size=None, key=None, workers=None):
 
   Args:
     source: a path (``str`` or ``os.PathLike``), ``"tfds:NAME:SPLIT"``, an ``(N, H, W, 3)``
-      array, an iterable of batches, a grain ``MapDataset`` or TFDS data source, or a
-      :class:`Source`.
+      array, an iterable of batches, a grain ``MapDataset`` or TFDS data source (read on
+      ``workers`` threads too), or a :class:`Source`.
     image_size: folders only: ``(H, W)`` (or an int) to center-crop and resize images of other
       sizes on the host; default ``None``: all images must have one size.
     key: ``.npz`` only: the member holding the images; default ``arr_0``, or the only member.
-    workers: folders and random-access datasets: reading threads (default
-      ``min(16, os.cpu_count())``).
+    workers: folders only: decoding threads (default ``min(16, os.cpu_count())``).
 
   Raises:
     InputError: a missing path, an unknown file type, a wrong shape or dtype, no data.
