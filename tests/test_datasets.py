@@ -104,7 +104,7 @@ def _sample(step, b):
   return (pixels % 256).astype(jnp.uint8)
 
 
-def _expected(n, b):
+def _expected(n):
   rows = np.arange(n, dtype=np.int64)
   return ((rows[:, None, None, None] * 7 + np.arange(H * W * 3).reshape(H, W, 3)) % 256).astype(
       np.uint8)
@@ -141,7 +141,7 @@ def test_sampler_batches_on_the_batch_sharding_are_used_as_they_are(monkeypatch)
     assert images is sampled  # the device array itself: no copy, no trip through the host
   assert result.count == 3 * b - 2
   np.testing.assert_array_equal(result.outputs["pixels"],
-                                _pixel_network.pixels(_expected(3 * b - 2, b)))
+                                _pixel_network.pixels(_expected(3 * b - 2)))
 
 
 def test_sampler_batches_of_another_size_are_cut_and_joined_on_the_devices():
@@ -159,14 +159,14 @@ def test_sampler_batches_of_another_size_are_cut_and_joined_on_the_devices():
     first = source.read_device(0, batch, batch, sharding)
     last = source.read_device(batch, n, batch, sharding)  # 16 rows, padded to 24
   assert first.sharding.is_equivalent_to(sharding, 4) and last.shape == (batch, H, W, 3)
-  expected = _expected(n, b)
+  expected = _expected(n)
   np.testing.assert_array_equal(np.asarray(first), expected[:batch])
   np.testing.assert_array_equal(np.asarray(last)[:n - batch], expected[batch:])
   assert not np.asarray(last)[n - batch:].any()
   # A sampler jitted without out_shardings (its batch on one device), through extraction.
   plain = datasets.SamplerSource(jax.jit(lambda step: _sample(step, 5)), num_samples=13)
   result = _extract(plain, batch_size=mesh.size)
-  np.testing.assert_array_equal(result.outputs["pixels"], _pixel_network.pixels(_expected(13, 5)))
+  np.testing.assert_array_equal(result.outputs["pixels"], _pixel_network.pixels(_expected(13)))
 
 
 def test_sampler_bad_output_is_a_one_line_error():
