@@ -248,6 +248,12 @@ def open_tfds(text, workers=None):
 
 def _tfds_stream(tfds, name, split, text):
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  try:
+    # tf.data decodes on the host; a GPU build of TensorFlow would otherwise reserve the memory of
+    # the GPUs JAX computes on (TensorFlow allocates nothing on a device it does not see).
+    tf.config.set_visible_devices([], "GPU")
+  except RuntimeError:
+    pass  # TensorFlow's devices were initialised already, by the caller
   processes = jax.process_count()
   if processes > 1:
     split = tfds.split_for_jax_process(split)
