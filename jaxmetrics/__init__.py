@@ -15,6 +15,7 @@ from jaxmetrics._errors import CheckpointError
 from jaxmetrics._errors import InputError
 from jaxmetrics._errors import JaxmetricsError
 from jaxmetrics._errors import WeightsError
+from jaxmetrics.pipeline.datasets import SamplerSource
 from jaxmetrics.pipeline.evaluation import Evaluator
 from jaxmetrics.pipeline.evaluation import evaluate
 from jaxmetrics.pipeline.evaluation import fid
@@ -81,6 +82,7 @@ __all__ = [
     "psnr",
     "reconstruction_error",
     "ReconstructionState",
+    "SamplerSource",
     "save_statistics",
     "save_stats",
     "semantic_similarity",
