@@ -4,7 +4,8 @@ Run by hand (not a test), from the repository root:
 
   python benchmarks/manifold.py                         # N = 2000, 5000, 10000; a few minutes
   python benchmarks/manifold.py --sizes 2000 --large 0  # quick
-  python benchmarks/manifold.py --large 50000           # adds jaxmetrics alone at 50k x 50k
+  python benchmarks/manifold.py --large 50000           # adds 50k x 50k (jaxmetrics; prdc if
+                                                        # it fits in memory)
 
 Features: N generated and N reference Inception-like vectors of d = 2048 (ReLU of 16 shared
 Gaussian factors plus noise, mean ~0.3), float32, the same for every library. Each (library, N)
@@ -15,7 +16,8 @@ computation itself holds. Libraries and what they compute:
 
 * jaxmetrics ``manifold_metrics(generated, reference)``: precision/recall (k = 3, ``<=``) and
   density/coverage (k = 5, ``<``) in three blockwise passes. Timed twice in the same process: the
-  first call includes the jit compilation, the second not (the speed-up uses the second).
+  first call includes the jit compilation, the second not (the speed-up uses the second); from
+  N = 20000 on once, compilation included.
 * prdc ``compute_prdc(real_features=reference, fake_features=generated, nearest_k=5)``: all four
   from three full ``N×N`` scikit-learn distance matrices (float32 inputs upcast to float64 by
   chunks, ``n_jobs=8`` threads).
@@ -44,6 +46,19 @@ sys.path.insert(0, str(ROOT))
 
 D = 2048
 LIBRARIES = ("jaxmetrics", "prdc", "torch-fidelity")
+# From this N on jaxmetrics is called once: its compilation (seconds) is noise next to the call.
+SINGLE_CALL_FROM = 20000
+
+
+def prdc_peak_bytes(n_real, n_fake):
+  """What ``prdc.compute_prdc`` must hold at once, from its code (prdc 0.2, ``prdc/prdc.py``).
+
+  ``compute_nearest_neighbour_distances`` keeps the full ``N×N`` float32 matrix of
+  ``sklearn.metrics.pairwise_distances`` (float32 in, float32 out) and ``get_kth_value`` calls
+  ``np.argpartition`` on it, which returns a full ``N×N`` int64 index array: 12 bytes per pair.
+  """
+  n = max(n_real, n_fake)
+  return n * n * (4 + 8)
 
 
 def _status():
@@ -81,8 +96,9 @@ def _child(library, n):
   if library == "jaxmetrics":
     result = manifold.manifold_metrics(generated, reference)
     row["first_call_s"] = time.perf_counter() - start
-    start = time.perf_counter()
-    result = manifold.manifold_metrics(generated, reference)
+    if n < SINGLE_CALL_FROM:
+      start = time.perf_counter()
+      result = manifold.manifold_metrics(generated, reference)
     row["seconds"] = time.perf_counter() - start
     row.update(precision=result.precision, recall=result.recall, density=result.density,
                coverage=result.coverage)
@@ -112,6 +128,14 @@ def _run_child(library, n):
   row = json.loads(lines[-1][len("RESULT "):])
   print(row, flush=True)
   return row
+
+
+def _memory_bytes():
+  with open("/proc/meminfo") as f:
+    for line in f:
+      if line.startswith("MemTotal:"):
+        return int(line.split()[1]) * 1024
+  raise RuntimeError("no MemTotal in /proc/meminfo")
 
 
 def _fmt(value, spec):
@@ -155,7 +179,11 @@ def main():
   parser.add_argument("--sizes", type=int, nargs="+", default=[2000, 5000, 10000])
   parser.add_argument("--libraries", nargs="+", default=list(LIBRARIES), choices=LIBRARIES)
   parser.add_argument("--large", type=int, default=0,
-                      help="also run jaxmetrics alone at this N (e.g. 50000); 0: skip")
+                      help="also run --large-libraries at this N (e.g. 50000); 0: skip")
+  parser.add_argument("--large-libraries", nargs="+", default=["jaxmetrics", "prdc"],
+                      choices=LIBRARIES,
+                      help="libraries run at --large N (prdc is skipped, with its memory need "
+                           "recorded, when that exceeds the machine's memory)")
   parser.add_argument("--out", default="manifold",
                       help="results file name in benchmarks/results, without extension")
   args = parser.parse_args()
@@ -163,7 +191,14 @@ def main():
   import _results  # pylint: disable=g-import-not-at-top
   rows = [_run_child(library, n) for n in args.sizes for library in args.libraries]
   if args.large:
-    rows.append(_run_child("jaxmetrics", args.large))
+    for library in args.large_libraries:
+      if library == "prdc" and prdc_peak_bytes(args.large, args.large) > _memory_bytes():
+        rows.append({"library": "prdc", "n": args.large, "d": D, "error": (
+            f"not run: needs {prdc_peak_bytes(args.large, args.large) / 2**30:.0f} GiB at once "
+            f"(N x N float32 distances + N x N int64 argpartition indices), the machine has "
+            f"{_memory_bytes() / 2**30:.0f} GiB")})
+        continue
+      rows.append(_run_child(library, args.large))
   versions = {}
   for package in ("prdc", "scikit-learn"):
     try:

@@ -141,7 +141,21 @@ def _manifold(result, ax):
   ax.legend(fontsize=8)
 
 
-_DRAW = {"agreement": _agreement, "extract_memory": _extract_memory,
+def _dinov2_positions(result, ax):
+  rows = result["rows"]
+  labels = [k for k in rows[0] if isinstance(rows[0][k], dict)]
+  width = 0.8 / len(labels)
+  for j, label in enumerate(labels):
+    ax.bar([i + j * width for i in range(len(rows))], [r[label]["relative_l2"] for r in rows],
+           width, label=label)
+  ax.set_xticks([i + width * (len(labels) - 1) / 2 for i in range(len(rows))],
+                [f"{r['grid']}×{r['grid']} ({r['pixels']} px)" for r in rows])
+  ax.set_ylabel("relative L2, transformers vs original route")
+  ax.set_title(f"DINOv2 position tables resampled from 37×37 ({_date(result)})", fontsize=9)
+  ax.legend(fontsize=8)
+
+
+_DRAW = {"agreement": _agreement, "dinov2_positions": _dinov2_positions, "extract_memory": _extract_memory,
          "extract_throughput": _extract_throughput, "frechet_kernel": _frechet_kernel,
          "scaling": _scaling, "end_to_end": _end_to_end, "manifold": _manifold}
 

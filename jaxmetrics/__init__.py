@@ -6,13 +6,16 @@ the metrics built on it (:mod:`jaxmetrics.metrics`), joined by the pipeline (:mo
 """
 
 from jaxmetrics.networks import clip
+from jaxmetrics.networks import dinov2
 from jaxmetrics.pipeline import extract
 from jaxmetrics.networks import inception
+from jaxmetrics.metrics import training
 from jaxmetrics.checkpoints import weights
 from jaxmetrics._errors import CheckpointError
 from jaxmetrics._errors import InputError
 from jaxmetrics._errors import JaxmetricsError
 from jaxmetrics._errors import WeightsError
+from jaxmetrics.pipeline.datasets import SamplerSource
 from jaxmetrics.pipeline.evaluation import Evaluator
 from jaxmetrics.pipeline.evaluation import evaluate
 from jaxmetrics.pipeline.evaluation import fid
@@ -29,6 +32,8 @@ from jaxmetrics.metrics.kid import kid
 from jaxmetrics.metrics.manifold import density_coverage
 from jaxmetrics.metrics.manifold import manifold_metrics
 from jaxmetrics.metrics.manifold import precision_recall
+from jaxmetrics.metrics.mmd import cmmd
+from jaxmetrics.metrics.mmd import mmd_rbf
 from jaxmetrics.metrics.reconstruction import ReconstructionState
 from jaxmetrics.metrics.reconstruction import psnr
 from jaxmetrics.metrics.reconstruction import reconstruction_error
@@ -49,8 +54,10 @@ __all__ = [
     "clip",
     "clip_score",
     "ClipScore",
+    "cmmd",
     "contiguous_split",
     "density_coverage",
+    "dinov2",
     "evaluate",
     "Evaluator",
     "extract",
@@ -70,15 +77,18 @@ __all__ = [
     "load_params",
     "load_stats",
     "manifold_metrics",
+    "mmd_rbf",
     "precision_recall",
     "psnr",
     "reconstruction_error",
     "ReconstructionState",
+    "SamplerSource",
     "save_statistics",
     "save_stats",
     "semantic_similarity",
     "SemanticSimilarity",
     "ssim",
+    "training",
     "weights",
     "WeightsError",
 ]

@@ -85,8 +85,14 @@ def _randomize(model, seed):
 
 
 def make_checkpoint(folder, variant="quick_gelu", seed=0):
-  """Writes a random CLIP checkpoint folder; returns the torch model and its processor."""
-  spec = OPENAI_VARIANT if variant == "openai" else VARIANTS[variant]
+  """Writes a random CLIP checkpoint folder; returns the torch model and its processor.
+
+  ``variant``: a name of :data:`VARIANTS`, ``"openai"`` (:data:`OPENAI_VARIANT`) or a spec dict
+  of the same form."""
+  if isinstance(variant, dict):
+    spec = variant
+  else:
+    spec = OPENAI_VARIANT if variant == "openai" else VARIANTS[variant]
   tokenizer = tiny_tokenizer()
   eot = tokenizer.convert_tokens_to_ids("<|endoftext|>")
   config = transformers.CLIPConfig(

@@ -221,12 +221,18 @@ def test_duplicates_and_k1(capsys):
   capsys.readouterr()
 
 
-def test_knn_radii_match_partition():
+@pytest.mark.parametrize("devices, block_size", [(8, 16), (1, 16), (3, 7), (8, None)])
+def test_knn_radii_match_partition(devices, block_size):
+  # Exact arithmetic, so the symmetric pass (a tile used for both of its blocks, transposed) must
+  # give exactly the sorted rows of the full matrix, for any dealing of blocks to devices: 333 rows
+  # in blocks of 16 over 8 devices is 3 blocks per device and padding; 7 over 3 uneven padding.
   x = _quantised(333, 64, seed=7)
   _assert_exact_arithmetic(x)
+  mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
   for k in (1, 4):
     expected = np.partition(_sq_distances(x, x), k, axis=1)[:, k]
-    np.testing.assert_array_equal(manifold.knn_radii(x, k, block_size=16), expected)
+    np.testing.assert_array_equal(manifold.knn_radii(x, k, block_size=block_size, mesh=mesh),
+                                  expected)
 
 
 def test_jax_inputs_and_no_recompilation():

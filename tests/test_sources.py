@@ -1,8 +1,6 @@
 """Image sources: memory-mapped .npy/.npz, iterables, folders, and one-line errors for bad input."""
 
 import dataclasses
-import sys
-import types
 
 import jax.numpy as jnp
 import numpy as np
@@ -155,7 +153,6 @@ def test_bad_paths_are_one_line_errors(tmp_path):
   _one_line_error("channels-last", sources.open_source, tmp_path / "chw.npy")
   np.save(tmp_path / "objects.npy", np.array([None, 1], object), allow_pickle=True)
   _one_line_error("cannot read it", sources.open_source, tmp_path / "objects.npy")
-  _one_line_error("needs tensorflow-datasets and TensorFlow", sources.open_source, "tfds:cifar10:train")
   (tmp_path / "empty").mkdir()
   _one_line_error("found none", sources.open_source, tmp_path / "empty")
   _one_line_error("applies to image folders only", sources.open_source, IMAGES, image_size=4)
@@ -302,70 +299,3 @@ def test_extracting_a_mixed_folder_equals_resizing_each_image_on_device(mixed_si
     _one_line_error(r"resize: .* was opened to resize its images on the host to 299x299 with "
                     r"'tf1', got 'clean'", extract.extract, opened, {}, network=INPUT_NETWORK,
                     resize="clean", progress=False)
-
-
-class _FakeTfds:
-  """A stand-in for the parts of tensorflow_datasets that ``tfds:`` sources call.
-
-  TensorFlow and prepared TFDS data are not available where the tests run; this checks our glue
-  (parsing, batching, the known split size) against the documented tfds calls.
-  """
-
-  def __init__(self, images):
-    self.images = images
-    self.calls = []
-
-  def load(self, name, split, shuffle_files, with_info):
-    self.calls.append((name, split, shuffle_files, with_info))
-    if name != "fake_images":
-      raise ValueError(f"Dataset {name} not found.")
-    info = types.SimpleNamespace(splits={split: types.SimpleNamespace(num_examples=len(self.images))})
-    return _FakeDataset(self.images), info
-
-  @staticmethod
-  def as_numpy(dataset):
-    return iter(dataset)
-
-  @staticmethod
-  def split_for_jax_process(split):
-    raise AssertionError("single process: the split is not divided")
-
-
-class _FakeDataset:
-  def __init__(self, images, batch=None):
-    self.images, self.size = images, batch
-
-  def batch(self, size):
-    return _FakeDataset(self.images, size)
-
-  def __iter__(self):
-    for start in range(0, len(self.images), self.size):
-      yield {"image": self.images[start:start + self.size], "label": np.zeros(1)}
-
-
-def test_tfds_source_reads_the_split_in_order(monkeypatch, inception_checkpoints):
-  from jaxmetrics.pipeline import extract
-  from jaxmetrics.networks import inception
-  images = np.random.default_rng(0).integers(0, 256, (11, 16, 16, 3), dtype=np.uint8)
-  fake = _FakeTfds(images)
-  monkeypatch.setitem(sys.modules, "tensorflow_datasets", fake)
-  monkeypatch.setattr(sources, "TFDS_BATCH", 4)  # several batches, the last one short
-  source = sources.open_source("tfds:fake_images:train[:11]")
-  assert fake.calls == [("fake_images", "train[:11]", False, True)]
-  assert source.num_samples == 11 and source.image_shape == (16, 16, 3)
-  params = inception.load_params(inception_checkpoints["legacy"], check_hash=False, cache=False)
-  via_tfds = extract.extract(source, params, batch_size=8, keep_features=True, progress=False)
-  via_array = extract.extract(images, params, batch_size=8, keep_features=True, progress=False)
-  assert via_tfds.count == 11
-  np.testing.assert_array_equal(via_tfds.features, via_array.features)
-
-
-def test_tfds_source_errors(monkeypatch):
-  with pytest.raises(InputError, match="expected tfds:NAME:SPLIT"):
-    sources.open_source("tfds:cifar10")
-  monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # import fails
-  with pytest.raises(InputError, match=r"pip install 'jaxmetrics\[tfds\]'"):
-    sources.open_source("tfds:cifar10:train")
-  monkeypatch.setitem(sys.modules, "tensorflow_datasets", _FakeTfds(np.zeros((1, 4, 4, 3), np.uint8)))
-  with pytest.raises(InputError, match="tfds cannot load it.*not found"):
-    sources.open_source("tfds:missing:train")

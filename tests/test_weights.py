@@ -31,6 +31,8 @@ CLIP = {
                              "5806e77cd80f8b59890b7e101eabd078d9fb84e6937f9e85e4ecb61988df416f"),
     "openai-clip-vit-l-14": ("ViT-L-14.pt", 932_768_134,
                              "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"),
+    "openai-clip-vit-l-14-336": ("ViT-L-14-336px.pt", 934_088_680,
+                                 "3035c92b350959924f9f00213499208652fc7ea050643e8b385c2dac08641f02"),
 }
 
 

@@ -61,8 +61,10 @@ class Checkpoint:
     name: registry key; also the cache sub-folder.
     filename: file name in the cache.
     urls: download locations, tried in order.
-    size: exact size in bytes.
-    sha256: lowercase hex sha256 of the whole file.
+    size: exact size in bytes, or ``None`` where no public listing gives it.
+    sha256: lowercase hex sha256 of the whole file, or ``None`` where its publisher lists none
+      (DINOv2's torch hub files): such an entry is never downloaded, only read from a ``path``
+      the caller gives, since nothing could check the download.
     format: storage format the model loader expects: ``"torch-legacy"`` (a pre-zip
       ``torch.save`` pickle) or ``"torchscript"`` (a ``torch.jit.save`` archive).
     license: licence of the weights, e.g. ``"Apache-2.0"``.
@@ -72,8 +74,8 @@ class Checkpoint:
   name: str
   filename: str
   urls: tuple[str, ...]
-  size: int
-  sha256: str
+  size: int | None
+  sha256: str | None
   format: str
   license: str
   provenance: str
@@ -81,7 +83,8 @@ class Checkpoint:
   def __post_init__(self):
     # Accept a list of URLs (as JSON gives) while keeping the frozen instance hashable.
     object.__setattr__(self, "urls", tuple(self.urls))
-    object.__setattr__(self, "sha256", self.sha256.lower())
+    if self.sha256 is not None:
+      object.__setattr__(self, "sha256", self.sha256.lower())
 
 
 def _read_manifest() -> tuple[str, str]:
@@ -110,10 +113,11 @@ def _parse_entry(where: str, name, entry) -> Checkpoint:
     problem = f"an object, got {type(entry).__name__}"
   elif missing := [f for f in _FIELDS if f not in entry]:
     problem = f"the fields {', '.join(_FIELDS)}, missing {', '.join(missing)}"
-  elif not isinstance(entry["size"], int) or entry["size"] <= 0:
-    problem = f"a positive integer size, got {entry['size']!r}"
-  elif not isinstance(entry["sha256"], str) or not _SHA256.fullmatch(entry["sha256"]):
-    problem = f"a 64-digit lowercase hex sha256, got {entry['sha256']!r}"
+  elif entry["size"] is not None and (not isinstance(entry["size"], int) or entry["size"] <= 0):
+    problem = f"a positive integer size (or null), got {entry['size']!r}"
+  elif entry["sha256"] is not None and (not isinstance(entry["sha256"], str)
+                                        or not _SHA256.fullmatch(entry["sha256"])):
+    problem = f"a 64-digit lowercase hex sha256 (or null), got {entry['sha256']!r}"
   elif not isinstance(entry["urls"], list) or not entry["urls"]:
     problem = f"a non-empty list of urls, got {entry['urls']!r}"
   elif not isinstance(entry["filename"], str) or not _SAFE_NAME.fullmatch(entry["filename"]):
@@ -285,6 +289,14 @@ def _download_one(url: str, ckpt: Checkpoint, target: pathlib.Path, progress: bo
       raise
 
 
+def _require_sha256(ckpt: Checkpoint):
+  if ckpt.sha256 is None or ckpt.size is None:
+    raise WeightsError(
+        f"{ckpt.name}: its publisher lists no sha256 for {ckpt.urls[0]}, so jaxmetrics does not"
+        " download it (nothing could check the file); download it yourself and pass its path"
+    )
+
+
 def download(name_or_checkpoint, *, progress: bool = True, force: bool = False) -> pathlib.Path:
   """Downloads a checkpoint into the cache and returns its path, ``cached_path(name)``.
 
@@ -306,6 +318,7 @@ def download(name_or_checkpoint, *, progress: bool = True, force: bool = False) 
       cache folder cannot be created.
   """
   ckpt = _resolve(name_or_checkpoint)
+  _require_sha256(ckpt)
   target = cached_path(ckpt)
   if not force and target.is_file() and target.stat().st_size == ckpt.size:
     return target
@@ -341,6 +354,7 @@ def verify(name_or_checkpoint, path=None) -> pathlib.Path:
     WeightsError: the file is missing or unreadable, or its sha256 differs from the entry's.
   """
   ckpt = _resolve(name_or_checkpoint)
+  _require_sha256(ckpt)
   in_cache = path is None
   path = cached_path(ckpt) if in_cache else pathlib.Path(path).expanduser()
   if not path.is_file():
@@ -376,22 +390,22 @@ def fetch(
     path: a local file to use instead of the cache. It must exist; unless ``check_hash`` is
       ``False`` its sha256 must equal the entry's.
     check_hash: with ``path``, check its sha256; pass ``False`` for custom (e.g. fine-tuned)
-      weights. Without ``path`` it has no effect: a cached file is checked by size, its sha256
+      weights. An entry without a sha256 has nothing to check a ``path`` against. Without ``path`` it has no effect: a cached file is checked by size, its sha256
       having been checked when it was downloaded.
     progress: show a progress bar if a download happens.
 
   Raises:
-    WeightsError: the file is missing, does not match, or cannot be downloaded.
+    WeightsError: the file is missing, does not match, or cannot be downloaded (or the entry has
+      no sha256 and no ``path`` is given).
   """
   ckpt = _resolve(name)
   if path is None:
     return download(ckpt, progress=progress)
   path = pathlib.Path(path).expanduser()
   if not path.is_file():
-    raise WeightsError(
-        f"{path}: no such file; expected the {ckpt.name!r} checkpoint ({ckpt.size} bytes), or"
-        " path=None to use the cache"
-    )
-  if check_hash:
+    size = f" ({ckpt.size} bytes)" if ckpt.size is not None else ""
+    cache = ", or path=None to use the cache" if ckpt.sha256 is not None else ""
+    raise WeightsError(f"{path}: no such file; expected the {ckpt.name!r} checkpoint{size}{cache}")
+  if check_hash and ckpt.sha256 is not None:
     verify(ckpt, path)
   return path

@@ -53,10 +53,16 @@ reference set, those of the generated set (only for recall) and one cross pass t
 metrics. In each pass the query rows are sharded over a 1-D mesh of devices (default: every device
 of every process), the other set is replicated, and each device walks its rows in blocks of
 ``block_size`` and, for each, the other set in column blocks of its own ``block_size``: a
-``block×block`` float32 tile at a time, keeping per query row a running ``lax.top_k`` of the
-``k + 1`` smallest distances (radii), or counts (precision, density), and per column block the
-"inside some query's ball" flags (recall) and nearest distance (coverage), combined over devices
-with ``pmax``/``pmin``. Both sets are padded to a multiple of ``block × devices`` rows; padded
+``block×block`` float32 tile at a time. The cross pass keeps per query row counts (precision,
+density) and per column block the "inside some query's ball" flags (recall) and nearest distance
+(coverage), combined over devices with ``pmax``/``pmin``. The two k-NN passes use that a set's
+distances to itself are symmetric: the tile of blocks ``I < J`` is computed once and updates the
+running ``lax.top_k`` of the ``k + 1`` smallest distances of both ``I``'s rows and ``J``'s, so a
+k-NN pass does half the products of a full one (row blocks are dealt to the devices cyclically so
+that each gets the same share of tiles). A transposed tile holds ``‖u‖² − 2u·v + ‖v‖²`` with the
+roles of ``u`` and ``v`` swapped, which can round differently in the last bit; like every other
+rounding difference from the peers, that decides a result only for a distance within float32
+round-off of a radius. Both sets are padded to a multiple of ``block × devices`` rows; padded
 points are never anyone's neighbour (their distances are +inf), their balls have radius −inf and
 padded queries are masked out of every column result. Counts are int32 on the device and the
 fractions are formed on the host from exact integer counts, in the peers' order of operations
@@ -377,38 +383,86 @@ def _varying(x, axis):
   return jax.lax.pcast(x, axis, to="varying")
 
 
-def _smallest(q, q_sq, c, c_sq, c_valid, *, kk, block, axis):
-  """Per query row, its ``kk`` smallest squared distances to the valid columns, ascending.
+def _top(best, candidates, kk):
+  """The ``kk`` smallest of each row of ``best`` and ``candidates`` together, ascending."""
+  negated, _ = jax.lax.top_k(-jnp.concatenate([best, candidates], axis=1), kk)
+  return -negated
 
-  Runs on one device's rows: row blocks in sequence, and for each a scan over column blocks that
-  keeps the running ``kk`` smallest (``lax.top_k`` of the negated candidates).
+
+def _smallest_symmetric(q, q_sq, q_valid, c, c_sq, c_valid, *, kk, block, axis):
+  """One device's share of the k-NN pass of a set against itself, each tile computed once.
+
+  ``q`` holds this device's row blocks, ``c`` the whole set (replicated). The distances between
+  blocks ``I <= J`` are computed in ``I``'s pass only: they update ``I``'s running smallest
+  distances and, transposed, ``J``'s (carried in ``col_best`` for the whole set, one copy per
+  device); tiles with ``J < I`` are skipped (``lax.cond``), so the pass does half the products of
+  a full one. Device ``d``'s local block ``i`` is global block ``i · devices + d`` (the caller
+  deals the blocks out cyclically), which gives every device the same share of tiles.
+
+  Returns this device's rows' smallest distances ``(len(q), kk)`` and its column candidates for
+  the whole set ``(1, len(c), kk)``, to be combined over devices by the caller.
   """
+  devices = jax.lax.axis_size(axis)
+  device = jax.lax.axis_index(axis)
   cols = _row_blocks(block, c, c_sq, c_valid)
+  n_blocks = c.shape[0] // block
 
-  def row_block(args):
-    qb, qb_sq = args
+  def row_block(col_best, args):
+    i, qb, qb_sq, qb_valid = args
+    g = i * devices + device
 
-    def step(best, col):
-      cb, cb_sq, cb_valid = col
-      d2 = jnp.where(cb_valid[None, :], _sq_distances(qb, qb_sq, cb, cb_sq), jnp.inf)
-      negated, _ = jax.lax.top_k(-jnp.concatenate([best, d2], axis=1), kk)
-      return -negated, None
+    def compute(j, carry):
+      best, col_best = carry
+      cb, cb_sq, cb_valid = (jax.lax.dynamic_index_in_dim(a, j, keepdims=False) for a in cols)
+      d2 = _sq_distances(qb, qb_sq, cb, cb_sq)
+      best = _top(best, jnp.where(cb_valid[None, :], d2, jnp.inf), kk)
+      # The diagonal tile is already in both of its blocks' rows: no transposed update.
+      transposed = jnp.where(qb_valid[None, :] & (j > g), d2.T, jnp.inf)
+      current = jax.lax.dynamic_slice_in_dim(col_best, j * block, block)
+      col_best = jax.lax.dynamic_update_slice_in_dim(
+          col_best, _top(current, transposed, kk), j * block, axis=0)
+      return best, col_best
+
+    def step(carry, j):
+      return jax.lax.cond(j >= g, functools.partial(compute, j), lambda carry: carry, carry), None
 
     init = _varying(jnp.full((qb.shape[0], kk), jnp.inf, jnp.float32), axis)
-    best, _ = jax.lax.scan(step, init, cols)
-    return best
+    (best, col_best), _ = jax.lax.scan(step, (init, col_best), jnp.arange(n_blocks))
+    return col_best, best
 
-  best = jax.lax.map(row_block, _row_blocks(block, q, q_sq))
-  return best.reshape(q.shape[0], kk)
+  local = q.shape[0] // block
+  init = _varying(jnp.full((c.shape[0], kk), jnp.inf, jnp.float32), axis)
+  col_best, best = jax.lax.scan(
+      row_block, init, (jnp.arange(local), *_row_blocks(block, q, q_sq, q_valid)))
+  return best.reshape(q.shape[0], kk), col_best[None]
 
 
 def _knn(x, x_valid, *, kk, block, mesh):
-  """The ``kk`` smallest squared distances of every row of ``x`` to the valid rows of ``x``."""
+  """The ``kk`` smallest squared distances of every row of ``x`` to the valid rows of ``x``.
+
+  ``x`` is padded to whole blocks on every device (:func:`_padded`). Row blocks are dealt out to
+  the devices cyclically (see :func:`_smallest_symmetric`), and every device's column candidates
+  are merged with the rows' own at the end.
+  """
   axis = mesh.axis_names[0]
+  devices = mesh.size
+  local = x.shape[0] // (block * devices)
+
+  def deal(a):  # global block i · devices + d becomes device d's local block i
+    return a.reshape(local, devices, block, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape)
+
+  def undeal(a):
+    return a.reshape(devices, local, block, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape)
+
   x_sq = _sq_norms(x)
-  body = functools.partial(_smallest, kk=kk, block=block, axis=axis)
-  return jax.shard_map(body, mesh=mesh, in_specs=(P(axis), P(axis), P(), P(), P()),
-                       out_specs=P(axis))(x, x_sq, x, x_sq, x_valid)
+  body = functools.partial(_smallest_symmetric, kk=kk, block=block, axis=axis)
+  rows, cols = jax.shard_map(
+      body, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P(), P(), P()),
+      out_specs=(P(axis), P(axis)))(deal(x), deal(x_sq), deal(x_valid), x, x_sq, x_valid)
+  # rows: (n, kk) in dealt order; cols: (devices, n, kk), one set of candidates per device.
+  candidates = jnp.concatenate([undeal(rows), *cols], axis=1)
+  negated, _ = jax.lax.top_k(-candidates, kk)
+  return -negated
 
 
 def _cross(q, q_sq, q_valid, q_radius, c, c_sq, c_radius_pr, c_radius_dc, *, q_block, c_block,

@@ -34,6 +34,11 @@ projection. These are ``CLIPModel.get_image_features`` / ``get_text_features`` o
   ``(0.48145466, 0.4578275, 0.40821073)`` and std ``(0.26862954, 0.26130258, 0.27577711)``.
   OpenAI's ``clip.load`` and OpenCLIP resize the same way (torchvision ``Resize`` on a PIL image)
   and differ only in the centre crop's rounding (``crop="openai"``).
+* **CMMD** (:data:`CMMD_NETWORK`, :func:`cmmd_network`): google-research/cmmd's feature network,
+  OpenAI's ViT-L/14@336px (``ViT-L-14-336px.pt``, registry name :data:`CMMD_WEIGHTS`), fed as cmmd
+  reads image files (:func:`cmmd_preprocess`: centre square crop *then* Pillow's bicubic resize to
+  336, ``/255``, the same mean/std), its feature the L2-normalised image embedding
+  (:func:`cmmd_embeddings`); the distance itself is :func:`jaxmetrics.cmmd`.
 * **Tokens** come from the checkpoint's ``tokenizer.json`` through the ``tokenizers`` library
   (:func:`load_tokenizer`, :func:`tokenize`), truncated to the context length with the end-of-text
   token kept, as ``CLIPTokenizer(truncation=True)`` and OpenAI's ``clip.tokenize(truncate=True)``.
@@ -71,11 +76,14 @@ from jaxmetrics.checkpoints import _params
 from jaxmetrics.networks import resize as _resize
 from jaxmetrics.checkpoints import torch_checkpoint
 from jaxmetrics.checkpoints import weights
-from jaxmetrics._errors import CheckpointError, InputError
+from jaxmetrics.networks.base import FeatureNetwork
+from jaxmetrics._errors import CheckpointError, InputError, WeightsError
 from jaxmetrics._inputs import PRECISIONS, batched, check_batch_size, check_images, check_precision
 
 __all__ = [
     "CLIP",
+    "CMMD_NETWORK",
+    "CMMD_WEIGHTS",
     "Config",
     "DEFAULT",
     "IMAGE_MEAN",
@@ -84,6 +92,12 @@ __all__ = [
     "Model",
     "TextConfig",
     "VisionConfig",
+    "CMMD_FEATURE",
+    "ImageTower",
+    "VIT_L14_336",
+    "cmmd_embeddings",
+    "cmmd_network",
+    "cmmd_preprocess",
     "convert_state_dict",
     "crop_offset",
     "image_embeddings",
@@ -99,7 +113,8 @@ __all__ = [
 
 DEFAULT = "openai-clip-vit-b-32"
 # Registry names (weights/manifest.json) of OpenAI's CLIP TorchScript archives load() can download.
-MODELS = ("openai-clip-vit-b-32", "openai-clip-vit-b-16", "openai-clip-vit-l-14")
+MODELS = ("openai-clip-vit-b-32", "openai-clip-vit-b-16", "openai-clip-vit-l-14",
+          "openai-clip-vit-l-14-336")
 IMAGE_MEAN = (0.48145466, 0.4578275, 0.40821073)
 IMAGE_STD = (0.26862954, 0.26130258, 0.27577711)
 CROPS = ("hf", "openai")
@@ -115,7 +130,6 @@ ACTIVATIONS = {
     "gelu_new": functools.partial(jax.nn.gelu, approximate=True),
     "gelu_pytorch_tanh": functools.partial(jax.nn.gelu, approximate=True),
 }
-_PIL_PRECISION_BITS = 22  # Pillow's Resample.c: 32 − 8 − 2 bits for 8-bit images.
 _LEGACY_EOS_TOKEN_ID = 2
 
 
@@ -686,6 +700,26 @@ def read_tensors(path):
                           ) from None
 
 
+# Tensor names that only an image model of another kind has: DINOv2 (torch hub: cls_token,
+# patch_embed.*, blocks.*; Hugging Face Dinov2Model: embeddings.cls_token, encoder.layer.*).
+_DINOV2_NAMES = ("cls_token", "patch_embed.proj.weight", "embeddings.cls_token",
+                 "embeddings.mask_token", "mask_token")
+
+
+def _check_is_clip(state_dict, source):
+  """A one-line ``CheckpointError`` for a state dict with neither CLIP layout's image tower."""
+  names = [k.removeprefix("module.") for k in state_dict]
+  if any(n.startswith(("visual.", "vision_model.")) for n in names):
+    return
+  hint = ""
+  if any(n in _DINOV2_NAMES or n.startswith("blocks.0.") for n in names):
+    hint = " (a DINOv2 checkpoint? load it with the DINOv2 network)"
+  shown = ", ".join(repr(n) for n in names[:3]) or "no tensors"
+  raise CheckpointError(f"{source}: not a CLIP checkpoint{hint}: expected image-tower tensors "
+                        f"named visual.* (OpenAI, OpenCLIP) or vision_model.* (Hugging Face), got "
+                        f"{shown}{', ...' if len(names) > 3 else ''}")
+
+
 def _read_json(path):
   try:
     return json.loads(pathlib.Path(path).read_text(encoding="utf-8"))
@@ -714,8 +748,9 @@ def load(path=None, *, name=None, config=None, tokenizer=None, check_hash=True, 
       from the cache (``$JAXMETRICS_CACHE``, default ``~/.cache/jaxmetrics``), downloading it and
       checking its size and sha256 on first use.
     name: a registered CLIP checkpoint, one of :data:`MODELS`: ``"openai-clip-vit-b-32"``
-      (:data:`DEFAULT` when ``path`` is ``None``), ``"openai-clip-vit-b-16"`` or
-      ``"openai-clip-vit-l-14"``. With a ``path`` to a file, that file is a local copy of it and its
+      (:data:`DEFAULT` when ``path`` is ``None``), ``"openai-clip-vit-b-16"``,
+      ``"openai-clip-vit-l-14"`` or ``"openai-clip-vit-l-14-336"`` (ViT-L/14@336px, CMMD's network:
+      :data:`CMMD_NETWORK`). With a ``path`` to a file, that file is a local copy of it and its
       sha256 is checked (unless ``check_hash=False``).
     config: overrides the config file, or the config inferred from an OpenAI archive
       (:meth:`Config.from_openai`): a path to one, its parsed dict (Hugging Face or OpenCLIP
@@ -762,6 +797,7 @@ def load(path=None, *, name=None, config=None, tokenizer=None, check_hash=True, 
     else:
       raise CheckpointError(f"{path}: no such file or folder; expected a CLIP checkpoint")
   state_dict = read_tensors(weights_file)
+  _check_is_clip(state_dict, weights_file)
   if config is None and (path is None or torch_checkpoint.is_torchscript(weights_file)):
     config = Config.from_openai(state_dict, source=str(weights_file))
   elif config is None:
@@ -807,53 +843,6 @@ def crop_offset(resized, size, crop="hf"):
   return int(round((resized - size) / 2.0))
 
 
-@functools.lru_cache(maxsize=None)
-def _pil_taps_8bpc(in_size, out_size):
-  """Pillow's ``normalize_coeffs_8bpc``: the weights as int32 ``round_half_away(k · 2²²)``."""
-  first, w = _resize.pil_bicubic_weights(in_size, out_size)
-  fixed = w * (1 << _PIL_PRECISION_BITS)
-  return first, np.where(fixed < 0, np.trunc(fixed - 0.5), np.trunc(fixed + 0.5)).astype(np.int32)
-
-
-def _pil_pass_8bpc(x, axis, out_size, start, count):
-  """One pass of Pillow's 8-bit resampling along ``axis`` of int32 ``x`` (values 0..255), for the
-  outputs ``start .. start + count − 1``: ``clip((2²¹ + Σ p·k) >> 22, 0, 255)``, exactly."""
-  in_size = x.shape[axis]
-  first, coeffs = _pil_taps_8bpc(in_size, out_size)
-  first, coeffs = first[start:start + count], coeffs[start:start + count]
-  shape = [1] * x.ndim
-  shape[axis] = count
-  acc = None
-  for t in range(coeffs.shape[1]):
-    if not coeffs[:, t].any():
-      continue
-    index = np.minimum(first + t, in_size - 1)
-    term = jnp.take(x, index, axis=axis) * jnp.asarray(coeffs[:, t].reshape(shape))
-    acc = term if acc is None else acc + term
-  # int32 like Pillow: |Σ p·k| < 255 · 1.25 · 2²² < 2³¹; >> is an arithmetic (floor) shift.
-  return jnp.clip(jnp.right_shift(acc + (1 << (_PIL_PRECISION_BITS - 1)), _PIL_PRECISION_BITS),
-                  0, 255)
-
-
-def _float_pass(x, axis, out_size, start, count):
-  matrix = jnp.asarray(_resize.pil_bicubic_matrix(x.shape[axis], out_size)[start:start + count])
-  spec = "oh,nhwc->nowc" if axis == 1 else "ow,nhwc->nhoc"
-  return jnp.clip(jnp.einsum(spec, matrix, x, precision=jax.lax.Precision.HIGHEST), 0.0, 255.0)
-
-
-def _pass_order(height, width, out_h, out_w, top, left):
-  """``(axis, output size, first output kept)`` of the two passes, in Pillow's order.
-
-  See :func:`jaxmetrics.networks.resize.pil_horizontal_first` (Pillow 13's ``ImagingResampleInner``). The
-  order matters for uint8 images, rounded to 8 bits between the passes. A side already at its size
-  is not resampled, as in Pillow.
-  """
-  passes = [(2, out_w, left), (1, out_h, top)]
-  if not _resize.pil_horizontal_first(height, width, out_h, out_w):
-    passes.reverse()
-  return passes
-
-
 def preprocess(images, *, size=224, crop="hf"):
   """CLIP's image preprocessing on device: ``(N, H, W, 3)`` → normalised ``(N, size, size, 3)``.
 
@@ -881,11 +870,11 @@ def preprocess(images, *, size=224, crop="hf"):
   top, left = crop_offset(out_h, size, crop), crop_offset(out_w, size, crop)
   if images.dtype == jnp.uint8:
     x = images.astype(jnp.int32)
-    resample = _pil_pass_8bpc
+    resample = _resize.pil_pass_8bpc
   else:
     x = images.astype(jnp.float32) * 255.0
-    resample = _float_pass
-  for axis, out, start in _pass_order(height, width, out_h, out_w, top, left):
+    resample = _resize.pil_pass_float
+  for axis, out, start in _resize.pil_pass_order(height, width, out_h, out_w, top, left):
     if out != x.shape[axis]:
       x = resample(x, axis, out, start, size)
     elif start or size != out:
@@ -1027,3 +1016,166 @@ def text_embeddings(model, texts, *, batch_size=None, precision="highest"):
                      f"[{tokens.min()}, {tokens.max()}]: is the tokenizer the model's?")
   forward = functools.partial(_text_forward, model.params, config=model.config, precision=precision)
   return batched(forward, tokens, batch_size)
+
+
+# --------------------------------------------------------------------------------------------- CMMD
+
+
+CMMD_WEIGHTS = "openai-clip-vit-l-14-336"
+"""Registry name of CMMD's network: OpenAI's ``ViT-L-14-336px.pt`` (``clip.load("ViT-L/14@336px")``)."""
+CMMD_FEATURE = "clip_embedding"
+CMMD_RESIZE = "cmmd"
+VIT_L14_336 = Config(
+    vision=VisionConfig(hidden_size=1024, intermediate_size=4096, num_layers=24, num_heads=16,
+                        image_size=336, patch_size=14),
+    text=TextConfig(hidden_size=768, intermediate_size=3072, num_layers=12, num_heads=12,
+                    pooling="argmax"),
+    projection_dim=768)
+"""OpenAI's ViT-L/14@336px as :meth:`Config.from_openai` reads it from ``ViT-L-14-336px.pt``: vision
+1024 × 24 layers × 16 heads, patch 14 on a 24 × 24 grid (577 positions), image 336; text 768 × 12 ×
+12; projection 768. scenic's ``CONFIGS['vit_l14_336px']``, which google-research/cmmd loads, is the
+same model."""
+
+
+def cmmd_preprocess(images, *, size=336):
+  """CMMD's image preprocessing on device: ``(N, H, W, 3)`` → normalised ``(N, size, size, 3)``.
+
+  As google-research/cmmd reads an image file (``io_util.py``: ``_center_crop_and_resize``, then
+  ``/ 255.0`` of the float32 array) and embeds it (``embedding.py``: ``_clip_preprocess``):
+
+  1. centre crop to the largest square, side ``l = min(H, W)``, first row ``(H − l) // 2`` and
+     column ``(W − l) // 2`` (PIL's ``crop((left, top, left + l, top + l))``);
+  2. PIL's ``resize((size, size), BICUBIC)`` of the square (antialiased when shrinking; nothing
+     when ``l == size``, as Pillow returns a copy);
+  3. ``x / 255`` in float32, then ``(x − IMAGE_MEAN) / IMAGE_STD`` in float32 (scenic's CLIP
+     ``normalize_image``). cmmd's second resize, ``jax.image.resize`` to the same 336 × 336, is the
+     identity (it skips dimensions whose size does not change).
+
+  Unlike :func:`preprocess` (Hugging Face's processor: resize the shortest side, then crop), the
+  crop comes first. uint8 images take Pillow's 8-bit path exactly (see :func:`preprocess`): the
+  resized image is bit-identical to Pillow's, and the output equals cmmd's to float32 rounding.
+  Float images in [0, 1] (cmmd reads only 8-bit files) get the same filter in float32 on
+  ``255 x``, clipped to [0, 255] after each pass so that they stay in the [0, 1] cmmd checks for.
+  """
+  _, height, width, _ = images.shape
+  side = min(height, width)
+  top, left = (height - side) // 2, (width - side) // 2
+  x = jax.lax.slice(images, (0, top, left, 0), (images.shape[0], top + side, left + side, 3))
+  if images.dtype == jnp.uint8:
+    x = x.astype(jnp.int32)
+    resample = _pil_pass_8bpc
+  else:
+    x = x.astype(jnp.float32) * 255.0
+    resample = _float_pass
+  if side != size:
+    for axis, out, _ in _pass_order(side, side, size, size, 0, 0):
+      x = resample(x, axis, out, 0, size)
+  x = x.astype(jnp.float32) / 255.0
+  return (x - jnp.asarray(IMAGE_MEAN, jnp.float32)) / jnp.asarray(IMAGE_STD, jnp.float32)
+
+
+class ImageTower(nn.Module):
+  """The image half of :class:`CLIP` (``vision_model`` and ``visual_projection``, same parameter
+  paths): preprocessed pixels → unnormalised image embeddings."""
+  config: Config
+  precision: Any = jax.lax.Precision.HIGHEST
+
+  @nn.compact
+  def __call__(self, pixels):
+    x = VisionTransformer(self.config.vision, self.precision, name="vision_model")(pixels)
+    return nn.Dense(self.config.projection_dim, use_bias=False, precision=self.precision,
+                    name="visual_projection")(x)
+
+
+def _network_name(config):
+  if config == VIT_L14_336:
+    return "clip-vit-l-14-336-cmmd"
+  v = config.vision
+  return (f"clip-vit-w{v.hidden_size}-l{v.num_layers}-p{v.patch_size}-s{v.image_size}"
+          f"-e{config.projection_dim}-cmmd")
+
+
+@functools.lru_cache(maxsize=None)
+def cmmd_network(config=VIT_L14_336, weights_name=CMMD_WEIGHTS):
+  """CMMD's feature network for a CLIP of ``config`` (default ViT-L/14@336px), as a
+  :class:`~jaxmetrics.networks.base.FeatureNetwork`; one instance per ``(config, weights_name)``.
+
+  Its one feature, ``"clip_embedding"`` (``config.projection_dim``, 768), is the L2-normalised
+  image embedding ``e / ‖e‖`` of :func:`cmmd_preprocess`'d images, as scenic's CLIP
+  ``encode_image(normalize=True)`` that google-research/cmmd calls. Its one resize mode,
+  ``"cmmd"``, is that preprocessing. Its parameters are the image tower only (``vision_model``,
+  ``visual_projection``): ``load_weights_file`` reads a checkpoint as :func:`load` does (OpenAI
+  archive, Hugging Face or OpenCLIP) and refuses one whose image tower is not ``config``'s.
+  """
+  name = _network_name(config)
+
+  def forward(params, images, *, resize=CMMD_RESIZE, precision="highest", shards=1):
+    del resize, shards  # one mode; the ViT's matrix products batch well on every backend
+    pixels = cmmd_preprocess(images, size=config.vision.image_size)
+    embeddings = ImageTower(config, PRECISIONS[precision]).apply({"params": params}, pixels)
+    return {CMMD_FEATURE: embeddings / jnp.linalg.norm(embeddings, axis=-1, keepdims=True)}
+
+  def weights_file(path=None, *, check_hash=True, progress=True):
+    """``(path, sha256)`` of the checkpoint (downloaded if ``path`` is None), hashed once."""
+    entry = weights.get(weights_name)
+    source = weights.fetch(weights_name, path, check_hash=False, progress=progress)
+    digest = weights.sha256_file(source)
+    if check_hash and digest != entry.sha256:
+      raise WeightsError(f"{source}: sha256 is {digest}, expected {entry.sha256} ({weights_name}); "
+                         "pass check_hash=False (--no-hash-check on the command line) to use "
+                         "custom weights")
+    return source, digest
+
+  def load_weights_file(source, digest):
+    """The image tower's parameters (NumPy float32) from a file resolved by ``weights_file``."""
+    del digest
+    model = load(source, check_hash=False, progress=False)
+    found = model.config
+    if found.vision != config.vision or found.projection_dim != config.projection_dim:
+      raise CheckpointError(f"{source}: expected the CLIP image tower of {name} "
+                            f"({_summary(config)}), got {_summary(found)}; for another CLIP use "
+                            "jaxmetrics.networks.clip.cmmd_network(config)")
+    return {"vision_model": model.params["vision_model"],
+            "visual_projection": model.params["visual_projection"]}
+
+  return FeatureNetwork(name=name, weights=weights_name,
+                        features={CMMD_FEATURE: config.projection_dim},
+                        resize_modes=(CMMD_RESIZE,), forward=forward, weights_file=weights_file,
+                        load_weights_file=load_weights_file)
+
+
+CMMD_NETWORK = cmmd_network()
+"""CMMD's network: CLIP ViT-L/14@336px (:data:`CMMD_WEIGHTS`), feature ``"clip_embedding"`` (768)."""
+
+
+@functools.partial(jax.jit, static_argnames=("network", "precision"))
+def _cmmd_forward(params, images, network, precision="highest"):
+  return network.forward(params, images, precision=precision)[CMMD_FEATURE]
+
+
+def cmmd_embeddings(params, images, *, network=CMMD_NETWORK, batch_size=None, precision="highest"):
+  """L2-normalised CLIP image embeddings ``(N, projection_dim)`` float32, as google-research/cmmd's
+  ``ClipEmbeddingModel`` computes them from image files: :func:`cmmd_preprocess`, the image tower,
+  ``e / ‖e‖``. Feed them to :func:`jaxmetrics.cmmd`.
+
+  Args:
+    params: the image tower's parameters: ``network.load_weights_file(*network.weights_file())``
+      (downloads ``ViT-L-14-336px.pt`` once), or ``load(...).params`` of a CLIP of the network's
+      config (the text tower's entries are ignored).
+    images: ``(N, H, W, 3)`` uint8 (0..255) or float ([0, 1]) images of any size.
+    network: from :func:`cmmd_network`; default :data:`CMMD_NETWORK` (ViT-L/14@336px).
+    batch_size: as in :func:`image_embeddings`.
+    precision: as in :func:`image_embeddings` (cmmd itself runs at JAX's default precision, which
+      is bfloat16 passes on its TPUs; ``"highest"`` is full float32).
+  """
+  check_images(images)
+  _check_options(precision, batch_size)
+  if not isinstance(network, FeatureNetwork) or CMMD_FEATURE not in network.features:
+    raise InputError(f"network: expected a network from jaxmetrics.networks.clip.cmmd_network(), "
+                     f"got {network!r}")
+  if isinstance(params, dict) and "text_model" in params:
+    params = {k: params[k] for k in ("vision_model", "visual_projection")}
+  if isinstance(images, np.ndarray) and images.dtype == np.float64:
+    images = images.astype(np.float32)
+  forward = functools.partial(_cmmd_forward, params, network=network, precision=precision)
+  return batched(forward, images, batch_size)

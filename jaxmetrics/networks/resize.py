@@ -39,6 +39,10 @@ they have one size. Resizing to the size an image already has is the identity in
 device and on the host, exactly: every table is then the identity (``λ = 0``; one weight 1, the
 others 0) and ``x + 0·y``, ``1·x + 0·y`` are exact in IEEE arithmetic for finite values, in any
 summation order.
+
+The module also holds the filters other networks preprocess with: Pillow's bicubic on uint8
+images in its 8-bit fixed-point arithmetic (:func:`pil_bicubic`; CLIP and DINOv2) and torch's
+antialiased bicubic (:func:`antialias_bicubic_matrix`; EDM2's DINOv2 resize).
 """
 
 import functools
@@ -212,6 +216,32 @@ def antialias_bilinear_matrix(in_size, out_size):
   return matrix
 
 
+@functools.lru_cache(maxsize=None)
+def antialias_bicubic_matrix(in_size, out_size):
+  """torch's antialiased bicubic filter (``interpolate(mode="bicubic", antialias=True)``) as a dense
+  ``(out_size, in_size)`` float32 matrix.
+
+  ATen's ``_compute_index_ranges_weights`` with its ``aa_filter`` for bicubic, which is Pillow's
+  cubic with ``a = −0.5`` (not the ``a = −0.75`` of torch's non-antialiased bicubic) on Pillow's
+  window: support ``2 · max(in/out, 1)``, each row normalised to sum 1. It is evaluated in float32
+  as ATen does for float input, as :func:`antialias_bilinear_matrix`. No clipping: torch's output
+  may overshoot [0, 255] near edges, and EDM2, which resizes this way, does not clip either.
+  """
+  f = np.float32
+  scale = f(in_size / out_size)
+  filterscale = max(scale, f(1.0))
+  support, inv = f(2.0) * filterscale, f(1.0) / filterscale  # bicubic: interp_size / 2 = 2
+  matrix = np.zeros((out_size, in_size), np.float32)
+  for xx in range(out_size):
+    center = scale * (f(xx) + f(0.5))
+    xmin = max(int(center - support + f(0.5)), 0)
+    count = min(int(center + support + f(0.5)), in_size) - xmin
+    w = _bicubic((np.arange(xmin, xmin + count, dtype=f) - center + f(0.5)) * inv).astype(f)
+    total = np.cumsum(w, dtype=f)[-1]  # summed in order, as ATen's loop
+    matrix[xx, xmin:xmin + count] = w / total if total != 0.0 else w
+  return matrix
+
+
 def pil_horizontal_first(in_h, in_w, out_h, out_w):
   """Whether Pillow resamples horizontally before vertically (``ImagingResampleInner``).
 
@@ -326,3 +356,76 @@ def _host_separable(x, rows, cols, *, horizontal_first):
   if horizontal_first:
     return np.ascontiguousarray(_host_pass(_host_pass(x, cols, 1), rows, 0))
   return np.ascontiguousarray(_host_pass(_host_pass(x, rows, 0), cols, 1))
+
+
+# Pillow's 8-bit (uint8) path: Resample.c's PRECISION_BITS = 32 − 8 − 2 for 8-bit images.
+_PIL_PRECISION_BITS = 22
+
+
+@functools.lru_cache(maxsize=None)
+def pil_taps_8bpc(in_size, out_size):
+  """Pillow's ``normalize_coeffs_8bpc``: the weights as int32 ``round_half_away(k · 2²²)``."""
+  first, w = pil_bicubic_weights(in_size, out_size)
+  fixed = w * (1 << _PIL_PRECISION_BITS)
+  return first, np.where(fixed < 0, np.trunc(fixed - 0.5), np.trunc(fixed + 0.5)).astype(np.int32)
+
+
+def pil_pass_8bpc(x, axis, out_size, start, count):
+  """One pass of Pillow's 8-bit resampling along ``axis`` of int32 ``x`` (values 0..255), for the
+  outputs ``start .. start + count − 1``: ``clip((2²¹ + Σ p·k) >> 22, 0, 255)``, exactly."""
+  in_size = x.shape[axis]
+  first, coeffs = pil_taps_8bpc(in_size, out_size)
+  first, coeffs = first[start:start + count], coeffs[start:start + count]
+  shape = [1] * x.ndim
+  shape[axis] = count
+  acc = None
+  for t in range(coeffs.shape[1]):
+    if not coeffs[:, t].any():
+      continue
+    index = np.minimum(first + t, in_size - 1)
+    term = jnp.take(x, index, axis=axis) * jnp.asarray(coeffs[:, t].reshape(shape))
+    acc = term if acc is None else acc + term
+  # int32 like Pillow: |Σ p·k| < 255 · 1.25 · 2²² < 2³¹; >> is an arithmetic (floor) shift.
+  return jnp.clip(jnp.right_shift(acc + (1 << (_PIL_PRECISION_BITS - 1)), _PIL_PRECISION_BITS),
+                  0, 255)
+
+
+def pil_pass_float(x, axis, out_size, start, count):
+  """One pass of PIL's bicubic filter in float32 on 0..255 values ``x``, clipped to [0, 255]."""
+  matrix = jnp.asarray(pil_bicubic_matrix(x.shape[axis], out_size)[start:start + count])
+  spec = "oh,nhwc->nowc" if axis == 1 else "ow,nhwc->nhoc"
+  return jnp.clip(jnp.einsum(spec, matrix, x, precision=jax.lax.Precision.HIGHEST), 0.0, 255.0)
+
+
+def pil_pass_order(height, width, out_h, out_w, top=0, left=0):
+  """``(axis, output size, first output kept)`` of the two passes, in Pillow's order.
+
+  See :func:`pil_horizontal_first` (Pillow 13's ``ImagingResampleInner``). The order matters for
+  uint8 images, rounded to 8 bits between the passes. A side already at its size is not
+  resampled, as in Pillow.
+  """
+  passes = [(2, out_w, left), (1, out_h, top)]
+  if not pil_horizontal_first(height, width, out_h, out_w):
+    passes.reverse()
+  return passes
+
+
+def pil_bicubic(images, size):
+  """``Image.resize((w, h), BICUBIC)`` of Pillow on device: ``(N, H, W, 3)`` → 0..255 float32
+  ``(N, h, w, 3)``, ``size = (h, w)``.
+
+  uint8 images take Pillow's 8-bit path exactly (fixed-point coefficients, rounding and clipping
+  after each pass, passes in Pillow ≥ 13's order), so the result is Pillow's uint8 image bit for
+  bit; float images in [0, 1] take the same filter in float32 on ``255 x``, clipped after each
+  pass, without the 8-bit rounding.
+  """
+  _, height, width, _ = images.shape
+  out_h, out_w = size
+  if images.dtype == jnp.uint8:
+    x, resample = images.astype(jnp.int32), pil_pass_8bpc
+  else:
+    x, resample = images.astype(jnp.float32) * 255.0, pil_pass_float
+  for axis, out, start in pil_pass_order(height, width, out_h, out_w):
+    if out != x.shape[axis]:
+      x = resample(x, axis, out, start, out)
+  return x.astype(jnp.float32)

@@ -417,6 +417,9 @@ class _Run:
     ``done``: this process's data has ended (only tracked for per-process sources of unknown
     length, where the processes must agree on the last step).
     """
+    if getattr(self.source, "on_device", False):
+      yield from self._sampler_batches()
+      return
     source, b = self.source, len(self.rows)
     position = 0  # rows consumed from a per-process source
     for step in itertools.count() if self.steps is None else range(self.steps):
@@ -454,6 +457,16 @@ class _Run:
         yield from self._empty_batches(step + 1)
         return
 
+  def _sampler_batches(self):
+    """Global batches that a :class:`~jaxmetrics.pipeline.datasets.SamplerSource` makes on the
+    devices, already on the batch's sharding: the images never go through the host."""
+    for step in range(self.steps):
+      start = step * self.batch
+      images = self.source.read_device(start, min(start + self.batch, self.n), self.batch,
+                                       self.sharding)
+      index = start + self.rows
+      yield images, index < self.n, index.astype(np.int32), False
+
   def _empty_batches(self, first):
     b = len(self.rows)
     images = np.zeros((b, *self.source.image_shape), self.source.dtype)
@@ -464,8 +477,12 @@ class _Run:
     local = {"images": images, "mask": mask, "index": index,
              "done": np.full((len(self.rows),), done, np.int32),
              "failed": np.full((len(self.rows),), failed, np.int32)}
-    return jax.make_array_from_process_local_data(
+    on_device = local.pop("images") if isinstance(images, jax.Array) else None
+    batch = jax.make_array_from_process_local_data(
         self.sharding, local, jax.tree.map(lambda x: (self.batch, *x.shape[1:]), local))
+    if on_device is not None:
+      batch["images"] = on_device  # global and on self.sharding already (a SamplerSource)
+    return batch
 
   def _device_batches(self):
     for batch in self._host_batches():

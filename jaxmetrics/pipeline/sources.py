@@ -21,8 +21,13 @@ an iterable of ``(B, H, W, 3)`` batches     read as it comes (a model sampling o
                                             ``tfds.as_numpy(dataset.batch(n))`` yields)
 ==========================================  ===================================================
 
+TensorFlow Datasets (``"tfds:NAME:SPLIT"``, ``tfds.data_source``), grain (``MapDataset``,
+``DataLoader``, ``IterDataset``) and samplers that make batches on the devices
+(:class:`~jaxmetrics.pipeline.datasets.SamplerSource`) are opened by
+:mod:`jaxmetrics.pipeline.datasets`, whose docstring has their table.
+
 Pixels are uint8 (0..255) or float in [0, 1] (float16/32/64, read as float32 and checked batch by
-batch). ``tfds:NAME:SPLIT`` strings are not supported: pass ``tfds.as_numpy(ds.batch(256))``.
+batch).
 Memory stays bounded: files are read a row range at a time, and the pages of a memory-mapped file
 are dropped from the process's resident memory once read (see :class:`ArraySource`).
 
@@ -406,11 +411,13 @@ class IterableSource(Source):
 def open_source(source, *, image_size=None, key=None, workers=None, input_size=None, resize=None):
   """Opens images for streaming: a folder, ``.npy``/``.npz`` file, array or iterable of batches.
 
-  See the module docstring for what each kind becomes. A :class:`Source` is returned as is.
+  See the module docstring for what each kind becomes, and :mod:`jaxmetrics.pipeline.datasets`
+  for TFDS, grain and on-device samplers. A :class:`Source` is returned as is.
 
   Args:
-    source: a path (``str`` or ``os.PathLike``), an ``(N, H, W, 3)`` array, an iterable of
-      batches, or a :class:`Source`.
+    source: a path (``str`` or ``os.PathLike``), ``"tfds:NAME:SPLIT"``, an ``(N, H, W, 3)``
+      array, an iterable of batches, a grain ``MapDataset`` or TFDS data source (read on
+      ``workers`` threads too), or a :class:`Source`.
     image_size: folders only: ``(H, W)`` (or an int) to center-crop and resize images of other
       sizes to on the host; default ``None``: see ``input_size``.
     key: ``.npz`` only: the member holding the images; default ``arr_0``, or the only member.
@@ -449,7 +456,8 @@ def open_source(source, *, image_size=None, key=None, workers=None, input_size=N
     if isinstance(text, str) and text.startswith("tfds:"):
       _only_for(key, "key", ".npz files", text)
       _only_for(image_size, "image_size", "image folders", text)
-      return _open_tfds(text)
+      from jaxmetrics.pipeline import datasets  # pylint: disable=g-import-not-at-top
+      return datasets.open_tfds(text, workers=workers)
     path = pathlib.Path(text)
     suffix = path.suffix.lower()
     if path.is_dir():
@@ -470,52 +478,20 @@ def open_source(source, *, image_size=None, key=None, workers=None, input_size=N
                      f"{suffix or 'suffix-less'} file")
   kind = type(source).__name__
   _only_for(image_size, "image_size", "image folders", kind)
-  _only_for(workers, "workers", "image folders", kind)
   _only_for(key, "key", ".npz files", kind)
+  from jaxmetrics.pipeline import datasets  # pylint: disable=g-import-not-at-top
+  if datasets.is_sequence(source):
+    return datasets.SequenceSource(source, workers=workers)
+  _only_for(workers, "workers", "image folders and random-access datasets", kind)
   if hasattr(source, "shape") and hasattr(source, "dtype"):
     return ArraySource(source)
   if isinstance(source, collections.abc.Iterable) and not isinstance(source, (bytes, dict)):
-    return IterableSource(source)
+    return IterableSource(source, name=kind if datasets.is_stream(source) else "iterable")
   raise InputError(f"source: expected an image folder, an .npy/.npz file, an (N, H, W, 3) array "
                    f"or an iterable of batches, got {kind}")
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-TFDS_BATCH = 256
-
-
-def _open_tfds(text):
-  """``tfds:NAME:SPLIT`` (e.g. ``tfds:cifar10:train[:5000]``) as an :class:`IterableSource`.
-
-  Needs the ``tfds`` extra (tensorflow-datasets and TensorFlow); the data must already be prepared
-  in ``$TFDS_DATA_DIR`` (default ``~/tensorflow_datasets``) or be downloadable. Examples are read
-  in order (``shuffle_files=False``), ``image`` features only; on several processes each reads its
-  own share (``tfds.split_for_jax_process``). The split's size is known, so IS splits are
-  contiguous.
-  """
-  _, name, split = (text.split(":", 2) + ["", ""])[:3]
-  if not name or not split:
-    raise InputError(f"source: expected tfds:NAME:SPLIT (e.g. tfds:cifar10:train), got {text!r}")
-  try:
-    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    raise InputError(f"source: {text!r} needs tensorflow-datasets and TensorFlow: "
-                     "pip install 'jaxmetrics[tfds]'") from None
-  import jax  # pylint: disable=g-import-not-at-top
-  if jax.process_count() > 1:
-    split = tfds.split_for_jax_process(split)
-  try:
-    dataset, info = tfds.load(name, split=split, shuffle_files=False, with_info=True)
-  except Exception as e:  # tfds raises many types (DatasetNotFoundError, AssertionError, ...)
-    raise InputError(f"source: {text!r}: tfds cannot load it ({' '.join(str(e).split())})") from None
-  batches = (example["image"] for example in tfds.as_numpy(dataset.batch(TFDS_BATCH)))
-  source = IterableSource(batches, name=text)
-  if jax.process_count() == 1:
-    source.num_samples = info.splits[split].num_examples
-    source.per_process = False
-  return source
 
 
 def _only_for(value, name, what, got):
