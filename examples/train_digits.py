@@ -29,7 +29,7 @@ script prints ``_cache_size()`` of the training and evaluation steps.
 
 Run::
 
-  python examples/train_digits.py                      # 1000 steps, 4 evaluations of 256 samples
+  python examples/train_digits.py                      # 1000 steps, 5 evaluations of 256 samples
   python examples/train_digits.py --steps 200 --eval-every 100 --num-samples 128
 
 Needs optax and scikit-learn besides jaxmetrics (``pip install -e ".[examples]"``).
@@ -50,6 +50,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 from sklearn.datasets import load_digits
 
+from jaxmetrics import InputError
 from jaxmetrics import training
 from jaxmetrics.checkpoints import weights
 from jaxmetrics.metrics.reconstruction import reconstruction_error
@@ -93,10 +94,11 @@ def load_data():
 def random_inception_params(seed=0):
   """Random FID-Inception parameters from ``numpy.random.default_rng(seed)``, without compiling.
 
-  Kernels are He-normal (std √(2 / fan_in)), so ReLU activations keep their scale through the 94
-  convolutions; BatchNorm is the identity (scale 1, bias 0, mean 0, variance 1); the fc layer
-  (unused here: only pool3 is read) is N(0, 1/2048). ``flax``'s own ``init`` of the network would
-  do as well but compiles for minutes on a small CPU.
+  Kernels are He-normal (std √(2 / fan_in)), so that ReLU activations neither vanish nor
+  explode through the 94 convolutions; BatchNorm is the identity (scale 1, bias 0, mean 0,
+  variance 1); the fc layer (unused here: only pool3 is read) is N(0, 1/2048). Drawn in NumPy from
+  the shapes of ``inception.param_shapes()``: a jitted ``Inception().init`` compiles for minutes on
+  a small CPU.
   """
   rng = np.random.default_rng(seed)
   flat = {}
@@ -162,11 +164,15 @@ def main(steps=1000, batch_size=64, eval_every=250, num_samples=256, eval_batch_
   data = load_data()
   devices = jax.device_count()
   if eval_batch_size % devices or num_samples % eval_batch_size:
-    raise ValueError(f"num_samples ({num_samples}) must be a multiple of eval_batch_size "
-                     f"({eval_batch_size}), itself a multiple of the {devices} devices")
+    raise InputError(f"num_samples, eval_batch_size: expected num_samples a multiple of "
+                     f"eval_batch_size and that a multiple of the {devices} device(s), got "
+                     f"{num_samples} and {eval_batch_size}")
   net_params, described = inception_params(weights_arg, seed)
   if image_size is None:
     image_size = RANDOM_WEIGHTS_SIZE if described.startswith("random") else inception.INPUT_SIZE
+  if image_size < RANDOM_WEIGHTS_SIZE:
+    raise InputError(f"image_size: expected at least {RANDOM_WEIGHTS_SIZE} (the Inception's "
+                     f"smallest input), got {image_size}")
   say(f"{described}, {image_size}x{image_size} input, {devices} device(s)")
 
   rng = np.random.default_rng(seed)
