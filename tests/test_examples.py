@@ -11,6 +11,8 @@ import math
 import pathlib
 
 import jax
+import numpy as np
+from flax import traverse_util
 
 
 def _load(name):
@@ -21,7 +23,9 @@ def _load(name):
   return module
 
 
-def test_digits_example_tracks_metrics_in_the_jitted_loop():
+def test_digits_example_tracks_metrics_in_the_jitted_loop(tmp_path, monkeypatch):
+  # An empty cache: a developer's cached official weights would switch the run to 299x299.
+  monkeypatch.setenv("JAXMETRICS_CACHE", str(tmp_path))
   example = _load("train_digits")
   # optax's Adam raises a float to an int32 power (bias correction), which the suite's strict
   # promotion rejects; jaxmetrics itself runs under strict promotion in its own tests.
@@ -42,3 +46,18 @@ def test_digits_example_tracks_metrics_in_the_jitted_loop():
   # written with (25.5 -> 8.6 at 64 samples); the test asks only that it falls.
   before, after = out["history"][0][2], out["history"][-1][2]
   assert after["fid"] < before["fid"]
+
+
+def test_digits_example_weights_are_drop_in(inception_checkpoints, tmp_path, monkeypatch):
+  """``--weights PATH`` loads a FID Inception checkpoint (here the suite's random one in the
+  official format), and the example's random parameters have exactly its tree and dtypes."""
+  monkeypatch.setenv("JAXMETRICS_CACHE", str(tmp_path))
+  example = _load("train_digits")
+  loaded, described = example.inception_params(str(inception_checkpoints["legacy"]))
+  assert described.startswith("weights from")
+  random, described = example.inception_params(None, seed=3)
+  assert described == "random Inception weights (seed 3)"
+  flat_loaded, flat_random = (traverse_util.flatten_dict(t) for t in (loaded, random))
+  assert flat_loaded.keys() == flat_random.keys()
+  for path, value in flat_random.items():
+    assert value.shape == flat_loaded[path].shape and value.dtype == np.float32, path
