@@ -482,3 +482,46 @@ def test_too_few_samples_is_an_error_at_compute_and_nan_inside_jit():
   _one_line_error(IS.from_model_output(logits_unbiased=reference[:3]).compute,
                   "split 3 empty")
   _one_line_error(training.ClipScore.empty().compute, "at least one image-text pair")
+
+
+# ------------------------------------------------------------------------- DINOv2 features ---
+
+def test_fid_on_dinov2_cls_features_matches_pytorch_fid():
+  """FD_DINOv2 in a loop: ``FID.configure(dim=D, features="cls")`` fed the class token of a tiny
+  random DINOv2 (the hub layout of tests/_dinov2_fixtures.py: 128 wide, 2 layers, 70 px native)
+  inside the jitted step, against pytorch-fid's code on the float64 moments of the same tokens."""
+  from jaxmetrics.networks import dinov2
+  from tests import _dinov2_fixtures as fx
+
+  kw = fx.HUB_VARIANTS["mlp"]
+  config = dinov2.Config(hidden_size=kw["embed_dim"], num_layers=kw["depth"],
+                         num_heads=kw["num_heads"], intermediate_size=4 * kw["embed_dim"],
+                         image_size=kw["img_size"])
+  params = dinov2.convert_state_dict(fx.hub_state_dict(**kw), config)
+  d = config.hidden_size
+  FID = training.FID.configure(dim=d, features="cls", reference_features="reference_cls")
+
+  @jax.jit
+  def step(state, generated, real, mask):
+    cls = lambda images: dinov2.apply(params, dinov2.preprocess(images, "edm2", size=70),
+                                      config=config)["cls"]
+    a, b = cls(generated), cls(real)
+    update = FID.from_model_output(cls=a, reference_cls=b, mask=mask)
+    return state.merge(update), a, b
+
+  rng = np.random.default_rng(23)
+  n, batch = 192, 64  # more rows than the 128 features: full-rank covariances
+  real = rng.integers(0, 256, (n, 42, 42, 3), dtype=np.uint8)
+  generated = np.clip(real.astype(np.int16) // 2 + 60, 0, 255).astype(np.uint8)
+  state, rows = FID.empty(), {"a": [], "b": []}
+  for start in range(0, n, batch):
+    state, a, b = step(state, generated[start:start + batch], real[start:start + batch],
+                       np.ones(batch, bool))
+    rows["a"].append(np.asarray(a))
+    rows["b"].append(np.asarray(b))
+  a, b = np.concatenate(rows["a"]), np.concatenate(rows["b"])
+  peer, _ = pytorch_fid_frechet(*_moments(a), *_moments(b))
+  value = state.compute()
+  assert isinstance(value, np.float64) and peer > 0
+  # As FID_TOL, at d = 128: float32 statistics of LayerNorm outputs (entries of spread ~1).
+  assert abs(value - peer) <= d * EPS32 * _fid_scale(a, b)

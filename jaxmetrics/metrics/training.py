@@ -395,7 +395,8 @@ class FID(_Metric):
     return cls(stats=stats, reference_stats=None if "reference" in options else stats)
 
   @classmethod
-  def from_model_output(cls, mask=None, **outputs):
+  def from_model_output(cls, /, mask=None, **outputs):
+    # cls is positional-only in every from_model_output: DINOv2's feature is named "cls".
     options = cls._options()
     dim, name = options["dim"], options["features"]
     empty = FeatureStats.empty(dim)
@@ -502,7 +503,7 @@ class InceptionScore(_Metric):
     return cls(state=InceptionScoreState.empty(o["num_classes"], o["splits"], jnp.float32))
 
   @classmethod
-  def from_model_output(cls, mask=None, index=None, **outputs):
+  def from_model_output(cls, /, mask=None, index=None, **outputs):
     o = cls._options()
     logits = cls._output(outputs, o["logits"])
     if not hasattr(logits, "dtype"):
@@ -584,7 +585,7 @@ class _BufferMetric(_Metric):
     return cls(generated=buffer, reference=None if o["reference"] is not None else buffer)
 
   @classmethod
-  def from_model_output(cls, mask=None, **outputs):
+  def from_model_output(cls, /, mask=None, **outputs):
     o = cls._options()
     name, ref_name = o["features"], o["reference_features"]
 
@@ -746,7 +747,7 @@ class Reconstruction(_Metric):
                                                **dict(o["ssim_options"])))
 
   @classmethod
-  def from_model_output(cls, mask=None, **outputs):
+  def from_model_output(cls, /, mask=None, **outputs):
     o = cls._options()
     x, x_hat = cls._output(outputs, o["x"]), cls._output(outputs, o["x_hat"])
     return cls(state=cls.empty().state.update(x, x_hat, mask))
@@ -824,7 +825,7 @@ class ClipScore(_Metric):
                count=zero, num_invalid=zero)
 
   @classmethod
-  def from_model_output(cls, mask=None, **outputs):
+  def from_model_output(cls, /, mask=None, **outputs):
     o = cls._options()
     images = _embeddings("ClipScore", o["image_embeddings"],
                          cls._output(outputs, o["image_embeddings"]))
@@ -914,7 +915,7 @@ class SemanticSimilarity(_Metric):
                sum_sq=jnp.zeros((p,), jnp.float32), num_invalid=jnp.zeros((), jnp.int32))
 
   @classmethod
-  def from_model_output(cls, mask=None, **outputs):
+  def from_model_output(cls, /, mask=None, **outputs):
     o = cls._options()
     e = _embeddings("SemanticSimilarity", o["image_embeddings"],
                     cls._output(outputs, o["image_embeddings"]), o["dim"])
@@ -996,7 +997,7 @@ class NNXMetric(nnx.Metric):
   def reset(self):
     self.state.set_value(self.metric.empty())
 
-  def update(self, **outputs):
+  def update(self, /, **outputs):
     self.state.set_value(self.state.get_value().merge(self.metric.from_model_output(**outputs)))
 
   def compute(self):
