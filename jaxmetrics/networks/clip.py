@@ -1063,12 +1063,12 @@ def cmmd_preprocess(images, *, size=336):
   x = jax.lax.slice(images, (0, top, left, 0), (images.shape[0], top + side, left + side, 3))
   if images.dtype == jnp.uint8:
     x = x.astype(jnp.int32)
-    resample = _pil_pass_8bpc
+    resample = _resize.pil_pass_8bpc
   else:
     x = x.astype(jnp.float32) * 255.0
-    resample = _float_pass
+    resample = _resize.pil_pass_float
   if side != size:
-    for axis, out, _ in _pass_order(side, side, size, size, 0, 0):
+    for axis, out, _ in _resize.pil_pass_order(side, side, size, size, 0, 0):
       x = resample(x, axis, out, 0, size)
   x = x.astype(jnp.float32) / 255.0
   return (x - jnp.asarray(IMAGE_MEAN, jnp.float32)) / jnp.asarray(IMAGE_STD, jnp.float32)
