@@ -736,6 +736,20 @@ def _find(folder, names, what):
   raise CheckpointError(f"{folder}: no {what}; expected one of {', '.join(names)}")
 
 
+def _parse_config(config):
+  """A :class:`Config` from a path to a Hugging Face or OpenCLIP config file, its dict, or itself."""
+  source = str(config) if isinstance(config, (str, pathlib.Path)) else "config"
+  if isinstance(config, (str, pathlib.Path)):
+    config = _read_json(config)
+  if isinstance(config, dict):
+    is_open_clip = "model_cfg" in config or "vision_cfg" in config
+    config = (Config.from_open_clip if is_open_clip else Config.from_hf)(config, source)
+  if not isinstance(config, Config):
+    raise InputError(f"config: expected a path, a dict or a jaxmetrics.networks.clip.Config, got "
+                     f"{type(config).__name__}")
+  return config
+
+
 def load(path=None, *, name=None, config=None, tokenizer=None, check_hash=True, progress=True):
   """Loads a CLIP checkpoint: OpenAI's (a registered TorchScript ``.pt``, downloaded by name),
   Hugging Face (``model.safetensors`` / ``pytorch_model.bin`` + ``config.json``) or OpenCLIP
@@ -796,6 +810,13 @@ def load(path=None, *, name=None, config=None, tokenizer=None, check_hash=True, 
         weights.fetch(name, path, check_hash=check_hash)
     else:
       raise CheckpointError(f"{path}: no such file or folder; expected a CLIP checkpoint")
+  if (config is None and folder is not None and weights_file.name in WEIGHT_FILES[:2]
+      and (folder / "config.json").is_file()):
+    # A Hugging Face folder's config names its model: another kind (a DINOv2 folder) is refused
+    # from its config.json before gigabytes of weights are read.
+    config = folder / "config.json"
+  if config is not None:
+    config = _parse_config(config)
   state_dict = read_tensors(weights_file)
   _check_is_clip(state_dict, weights_file)
   if config is None and (path is None or torch_checkpoint.is_torchscript(weights_file)):
@@ -803,16 +824,7 @@ def load(path=None, *, name=None, config=None, tokenizer=None, check_hash=True, 
   elif config is None:
     open_clip = any(k.removeprefix("module.").startswith("visual.") for k in state_dict)
     names = ("open_clip_config.json",) if open_clip else ("config.json",)
-    config = _find(folder, names, "CLIP config beside the weights")
-  source = str(config) if isinstance(config, (str, pathlib.Path)) else "config"
-  if isinstance(config, (str, pathlib.Path)):
-    config = _read_json(config)
-  if isinstance(config, dict):
-    is_open_clip = "model_cfg" in config or "vision_cfg" in config
-    config = (Config.from_open_clip if is_open_clip else Config.from_hf)(config, source)
-  if not isinstance(config, Config):
-    raise InputError(f"config: expected a path, a dict or a jaxmetrics.networks.clip.Config, got "
-                     f"{type(config).__name__}")
+    config = _parse_config(_find(folder, names, "CLIP config beside the weights"))
   params = convert_state_dict(state_dict, config, source=str(weights_file))
   if tokenizer is None and folder is not None and (folder / TOKENIZER_FILE).is_file():
     tokenizer = folder / TOKENIZER_FILE
