@@ -60,16 +60,20 @@ def check_images(images, name="images"):
   return shape, dtype
 
 
-def batched(forward, inputs, batch_size):
-  """``forward`` over chunks of ``batch_size`` rows, the last one padded, so any N compiles once.
+def batched(forward, params, inputs, batch_size):
+  """``forward(params, chunk)`` over chunks of ``batch_size`` rows, the last one padded, so any N
+  compiles once.
 
-  ``forward`` maps a ``(batch_size, ...)`` array to a pytree of arrays with a leading batch axis;
-  the padded rows are dropped from every leaf and the chunks concatenated. ``batch_size=None`` (or
-  ≥ N) runs one chunk of N.
+  ``forward`` maps ``params`` and a ``(batch_size, ...)`` array to a pytree of arrays with a leading
+  batch axis; the padded rows are dropped from every leaf and the chunks concatenated.
+  ``batch_size=None`` (or ≥ N) runs one chunk of N. ``params`` are placed on the default device
+  once, before the first chunk: host (NumPy) parameters handed to every call of a jitted function
+  would be copied to the device each time (~95 MB per chunk for Inception).
   """
+  params = jax.device_put(params)
   n = inputs.shape[0]
   if batch_size is None or batch_size >= n:
-    return forward(inputs)
+    return forward(params, inputs)
   # Pad with the input's own array library: a NumPy tail padded into a JAX array would be a
   # different argument type and compile a second time.
   xp = np if isinstance(inputs, np.ndarray) else jnp
@@ -79,5 +83,5 @@ def batched(forward, inputs, batch_size):
     pad = batch_size - chunk.shape[0]
     if pad:
       chunk = xp.concatenate([chunk, xp.zeros((pad, *chunk.shape[1:]), chunk.dtype)])
-    chunks.append(jax.tree.map(lambda v, keep=batch_size - pad: v[:keep], forward(chunk)))
+    chunks.append(jax.tree.map(lambda v, keep=batch_size - pad: v[:keep], forward(params, chunk)))
   return jax.tree.map(lambda *parts: jnp.concatenate(parts), *chunks)

@@ -17,8 +17,8 @@ def _no_weights(*args, **kwargs):
 def network(height, width):
   """A :class:`FeatureNetwork` with one feature, ``pixels``: ``(N, H·W·3)`` float32, 0..255."""
 
-  def forward(params, images, *, resize, precision, shards):
-    del params, resize, precision, shards
+  def forward(params, images, *, resize, precision, shards, mask, host_resized):
+    del params, resize, precision, shards, mask, host_resized
     return {"pixels": jnp.reshape(images, (images.shape[0], -1)).astype(jnp.float32)}
 
   return FeatureNetwork(name=f"pixels-{height}x{width}", weights="", features={

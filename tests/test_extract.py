@@ -225,9 +225,10 @@ def test_initialize_is_a_no_op_for_one_process(monkeypatch):
   assert mesh.axis_names == ("data",) and mesh.size == len(jax.devices())
 
 
-def _stand_in_forward(params, images, *, resize="tf1", precision="highest", shards=1):
+def _stand_in_forward(params, images, *, resize="tf1", precision="highest", shards=1, mask=None,
+                      host_resized=False):
   """A network-sized output at almost no cost: the memory test is about the host pipeline."""
-  del params, resize, precision, shards
+  del params, resize, precision, shards, mask, host_resized
   x = jnp.mean(images.astype(jnp.float32), axis=(1, 2)) / 255.0
   pool3 = jnp.tile(x, (1, 683))[:, :inception.POOL3_DIM] * jnp.linspace(0.5, 1.5, inception.POOL3_DIM)
   logits = jnp.tile(x, (1, 336)) * 4.0

@@ -160,6 +160,47 @@ def test_cpu_lowering_equals_the_batched_network(checkpoints, monkeypatch):
     assert np.all(rows < 1e-5 * np.linalg.norm(reference, axis=1)), key
 
 
+def test_cpu_skips_steps_whose_rows_are_all_masked(checkpoints):
+  """A padded last batch: on a CPU, a step of the one-row-per-shard loop whose rows are all masked
+  is skipped (its rows come back as zeros, which no network output is), and the valid rows are
+  what the network gives without a mask."""
+  params = inception.convert_state_dict({k: v.numpy() for k, v in checkpoints["state_dict"].items()})
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  images = fixtures.test_images(13, 24, 32, 32)  # 3 rows per shard: 3 steps of 8 rows
+  mask = np.arange(24) < 2  # rows 0 and 1: steps 0 and 1 run, step 2 (rows 2, 5, ..., 23) not
+  run = jax.jit(lambda p, x, m: inception.forward(p, x, shards=mesh.size, mask=m))
+  place = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
+  masked = run(place(params, P()), place(images, P("data")), place(mask, P("data")))
+  full = run(place(params, P()), place(images, P("data")), None)
+  skipped = np.arange(24) % 3 == 2
+  for key in inception.OUTPUTS:
+    got, expected = np.asarray(masked[key], np.float64), np.asarray(full[key], np.float64)
+    # The same network on the computed rows, compiled inside a conditional: at most float32
+    # round-off of another fusion (the bound of the tests above); a skipped or misplaced row
+    # would be off by O(1).
+    rows = np.linalg.norm(got[~skipped] - expected[~skipped], axis=1)
+    assert np.all(rows <= 1e-5 * np.linalg.norm(expected[~skipped], axis=1)), key
+    assert np.all(got[skipped] == 0) and np.all(np.abs(expected[skipped]).max(axis=1) > 0), key
+
+
+def test_features_place_the_parameters_once(checkpoints, monkeypatch):
+  """Host (NumPy) parameters are put on the device once per call, not handed to every chunk's
+  jitted call (which would copy ~95 MB per chunk): every chunk gets the same device arrays."""
+  params = inception.convert_state_dict({k: v.numpy() for k, v in checkpoints["state_dict"].items()})
+  seen = []
+  forward = inception._forward  # pylint: disable=protected-access
+
+  def recording(p, images, **kwargs):
+    seen.append(jax.tree.leaves(p))
+    return forward(p, images, **kwargs)
+
+  monkeypatch.setattr(inception, "_forward", recording)
+  out = inception.features(params, fixtures.test_images(14, 5, 32, 32), batch_size=2)
+  assert out["pool3"].shape == (5, 2048) and len(seen) == 3
+  assert all(isinstance(leaf, jax.Array) for leaf in seen[0])
+  assert all(a is b for chunk in seen[1:] for a, b in zip(seen[0], chunk))
+
+
 def test_float_images_equal_uint8_images(checkpoints):
   params = inception.convert_state_dict({k: v.numpy() for k, v in checkpoints["state_dict"].items()})
   images = fixtures.test_images(11, 2, 33, 35)

@@ -267,9 +267,10 @@ def test_a_folder_of_one_size_keeps_the_device_route_which_the_host_route_equals
     assert np.max(np.abs(host - expected)) <= route_bound(mode, (21, 34), (299, 299))
 
 
-def _preprocessed(params, images, *, resize="tf1", precision="highest", shards=1):
+def _preprocessed(params, images, *, resize="tf1", precision="highest", shards=1, mask=None,
+                  host_resized=False):
   """A network whose feature is its input: the 299×299 normalised images, flattened."""
-  del params, precision, shards
+  del params, precision, shards, mask, host_resized
   x = inception.preprocess(images, resize)
   return {"input": x.reshape(x.shape[0], -1), "mean": jnp.mean(x, axis=(1, 2))}
 

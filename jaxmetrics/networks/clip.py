@@ -71,6 +71,7 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from jaxmetrics.checkpoints import _params
 from jaxmetrics.networks import resize as _resize
@@ -987,9 +988,8 @@ def image_embeddings(model, images, *, batch_size=None, precision="highest", cro
     raise InputError(f"crop: expected one of {', '.join(CROPS)}, got {crop!r}")
   if isinstance(images, np.ndarray) and images.dtype == np.float64:
     images = images.astype(np.float32)
-  forward = functools.partial(_image_forward, model.params, config=model.config,
-                              precision=precision, crop=crop)
-  return batched(forward, images, batch_size)
+  forward = functools.partial(_image_forward, config=model.config, precision=precision, crop=crop)
+  return batched(forward, model.params, images, batch_size)
 
 
 def text_embeddings(model, texts, *, batch_size=None, precision="highest"):
@@ -1026,8 +1026,8 @@ def text_embeddings(model, texts, *, batch_size=None, precision="highest"):
   if tokens.min() < 0 or tokens.max() >= config.vocab_size:
     raise InputError(f"texts: token ids must lie in [0, {config.vocab_size}) (the vocabulary), got "
                      f"[{tokens.min()}, {tokens.max()}]: is the tokenizer the model's?")
-  forward = functools.partial(_text_forward, model.params, config=model.config, precision=precision)
-  return batched(forward, tokens, batch_size)
+  forward = functools.partial(_text_forward, config=model.config, precision=precision)
+  return batched(forward, model.params, tokens, batch_size)
 
 
 # --------------------------------------------------------------------------------------------- CMMD
@@ -1086,6 +1086,22 @@ def cmmd_preprocess(images, *, size=336):
   return (x - jnp.asarray(IMAGE_MEAN, jnp.float32)) / jnp.asarray(IMAGE_STD, jnp.float32)
 
 
+def cmmd_host_resize(image, resize=CMMD_RESIZE, size=336):
+  """Steps 1–2 of :func:`cmmd_preprocess` on the host with Pillow itself, as cmmd reads a file: one
+  uint8 image ``(H, W, 3)`` → ``(size, size, 3)`` float32 values in [0, 255] (integers), for
+  folders of several image sizes. The device's 8-bit route is bit-identical to it, and
+  :func:`cmmd_preprocess` of the square result resizes nothing."""
+  if resize != CMMD_RESIZE:
+    raise InputError(f"resize: expected {CMMD_RESIZE!r}, got {resize!r}")
+  height, width = image.shape[:2]
+  side = min(height, width)
+  top, left = (height - side) // 2, (width - side) // 2
+  square = Image.fromarray(np.asarray(image, np.uint8)).crop((left, top, left + side, top + side))
+  if side != size:
+    square = square.resize((size, size), Image.Resampling.BICUBIC)
+  return np.asarray(square, np.float32)
+
+
 class ImageTower(nn.Module):
   """The image half of :class:`CLIP` (``vision_model`` and ``visual_projection``, same parameter
   paths): preprocessed pixels → unnormalised image embeddings."""
@@ -1121,14 +1137,22 @@ def cmmd_network(config=VIT_L14_336, weights_name=CMMD_WEIGHTS):
   """
   name = _network_name(config)
 
-  def forward(params, images, *, resize=CMMD_RESIZE, precision="highest", shards=1):
-    del resize, shards  # one mode; the ViT's matrix products batch well on every backend
+  def forward(params, images, *, resize=CMMD_RESIZE, precision="highest", shards=1, mask=None,
+              host_resized=False):
+    # One mode; the ViT's matrix products batch well on every backend, masked rows too. Rows
+    # resized on the host are square at the input size, where cmmd_preprocess is the identity.
+    del resize, shards, mask, host_resized
     pixels = cmmd_preprocess(images, size=config.vision.image_size)
     embeddings = ImageTower(config, PRECISIONS[precision]).apply({"params": params}, pixels)
     return {CMMD_FEATURE: embeddings / jnp.linalg.norm(embeddings, axis=-1, keepdims=True)}
 
   def weights_file(path=None, *, check_hash=True, progress=True):
-    """``(path, sha256)`` of the checkpoint (downloaded if ``path`` is None), hashed once."""
+    """``(path, sha256)`` of the checkpoint (downloaded if ``path`` is None), hashed once: a file
+    is checked against the registered one unless ``check_hash=False``; a Hugging Face or OpenCLIP
+    folder, which has no registered sha256, is identified by its weights file's."""
+    if path is not None and pathlib.Path(path).expanduser().is_dir():
+      folder = pathlib.Path(path).expanduser()
+      return folder, weights.sha256_file(_find(folder, WEIGHT_FILES, "CLIP weights file"))
     entry = weights.get(weights_name)
     source = weights.fetch(weights_name, path, check_hash=False, progress=progress)
     digest = weights.sha256_file(source)
@@ -1150,10 +1174,12 @@ def cmmd_network(config=VIT_L14_336, weights_name=CMMD_WEIGHTS):
     return {"vision_model": model.params["vision_model"],
             "visual_projection": model.params["visual_projection"]}
 
+  size = config.vision.image_size
   return FeatureNetwork(name=name, weights=weights_name,
                         features={CMMD_FEATURE: config.projection_dim},
                         resize_modes=(CMMD_RESIZE,), forward=forward, weights_file=weights_file,
-                        load_weights_file=load_weights_file)
+                        load_weights_file=load_weights_file, input_size=(size, size),
+                        host_resize=functools.partial(cmmd_host_resize, size=size))
 
 
 CMMD_NETWORK = cmmd_network()
@@ -1189,5 +1215,5 @@ def cmmd_embeddings(params, images, *, network=CMMD_NETWORK, batch_size=None, pr
     params = {k: params[k] for k in ("vision_model", "visual_projection")}
   if isinstance(images, np.ndarray) and images.dtype == np.float64:
     images = images.astype(np.float32)
-  forward = functools.partial(_cmmd_forward, params, network=network, precision=precision)
-  return batched(forward, images, batch_size)
+  forward = functools.partial(_cmmd_forward, network=network, precision=precision)
+  return batched(forward, params, images, batch_size)

@@ -82,6 +82,7 @@ from flax import traverse_util
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from jaxmetrics.checkpoints import _params
 from jaxmetrics.checkpoints import torch_checkpoint
@@ -110,8 +111,10 @@ __all__ = [
     "feature_network",
     "features",
     "hf_to_hub",
+    "host_resize",
     "interpolate_positions",
     "load",
+    "network_of",
     "param_shapes",
     "position_weights",
     "preprocess",
@@ -722,6 +725,31 @@ def preprocess(images, resize="dgm-eval", size=INPUT_SIZE):
   return (x - jnp.asarray(IMAGE_MEAN, jnp.float32)) / jnp.asarray(IMAGE_STD, jnp.float32)
 
 
+def host_resize(image, resize="dgm-eval", size=INPUT_SIZE):
+  """One uint8 image ``(H, W, 3)`` → ``(size, size, 3)`` float32 values in [0, 255] on the host:
+  the resize of :func:`preprocess` before ``x / 255``, for folders of several image sizes.
+
+  ``"dgm-eval"`` is Pillow's own ``Image.resize((size, size), BICUBIC)``, exactly the transform of
+  dgm-eval (the device's 8-bit route is bit-identical to it); ``"clean"`` is
+  :func:`jaxmetrics.networks.resize.host_resize`; ``"edm2"`` applies the device's float32 matrices
+  in NumPy. :func:`preprocess` of the result at ``size`` resizes nothing (Pillow's passes are
+  skipped at an unchanged size; the other two filters are the identity there).
+  """
+  if resize == "dgm-eval":
+    resized = Image.fromarray(np.asarray(image, np.uint8)).resize((size, size),
+                                                                 Image.Resampling.BICUBIC)
+    return np.asarray(resized, np.float32)
+  if resize == "clean":
+    return _resize.host_resize(image, (size, size), "clean")
+  if resize == "edm2":
+    height, width = image.shape[:2]
+    x = np.asarray(image, np.float32)
+    # ATen's separable antialiased pass: width first, then height, as on the device.
+    x = np.einsum("pw,hwc->hpc", _resize.antialias_bicubic_matrix(width, size), x)
+    return np.einsum("oh,hwc->owc", _resize.antialias_bicubic_matrix(height, size), x)
+  raise InputError(f"resize: expected one of {', '.join(RESIZE_MODES)}, got {resize!r}")
+
+
 # ------------------------------------------------------------------------------- forward passes
 
 
@@ -778,14 +806,15 @@ def features(model, images, *, resize="dgm-eval", size=INPUT_SIZE, positions="or
   _check_pixels((1, size, size, 3), model.config)
   if isinstance(images, np.ndarray) and images.dtype == np.float64:
     images = images.astype(np.float32)
-  forward = functools.partial(_features, model.params, config=model.config, resize=resize,
-                              size=size, positions=positions, precision=precision)
-  return batched(forward, images, batch_size)
+  forward = functools.partial(_features, config=model.config, resize=resize, size=size,
+                              positions=positions, precision=precision)
+  return batched(forward, model.params, images, batch_size)
 
 
 # ---------------------------------------------------------------------------- as a FeatureNetwork
 
 
+@functools.lru_cache(maxsize=None)
 def feature_network(config=Config(), *, name="dinov2-vitl14", weights_name=DEFAULT,
                     positions="original"):
   """A :class:`~jaxmetrics.networks.base.FeatureNetwork` of the DINOv2 backbone ``config``.
@@ -794,11 +823,14 @@ def feature_network(config=Config(), *, name="dinov2-vitl14", weights_name=DEFAU
   LayerNorm, of the 224 × 224 input of its resize mode (:data:`RESIZE_MODES`, default
   ``"dgm-eval"``). Weights come from a ``path`` (a torch hub ``.pth`` or a Hugging Face folder)
   that must hold this architecture; the registry has no sha256 to download them against.
-  :data:`NETWORKS` holds one per released backbone; call this for other sizes.
+  :data:`NETWORKS` holds one per released backbone; call this for other sizes (one instance per
+  set of arguments, so a network is compiled once).
   """
 
-  def forward(params, images, *, resize, precision, shards=1):
-    del shards  # a ViT is matrix products: the batch goes through whole on every platform
+  def forward(params, images, *, resize, precision, shards=1, mask=None, host_resized=False):
+    # A ViT is matrix products: the batch goes through whole on every platform, masked rows too.
+    # Rows resized on the host are 224 × 224 already (host_resize).
+    del shards, mask, host_resized
     out = apply(params, preprocess(images, resize), config=config, positions=positions,
                 precision=precision)
     return {"cls": out["cls"]}
@@ -820,7 +852,8 @@ def feature_network(config=Config(), *, name="dinov2-vitl14", weights_name=DEFAU
 
   return FeatureNetwork(name=name, weights=weights_name, features={"cls": config.hidden_size},
                         resize_modes=RESIZE_MODES, forward=forward, weights_file=weights_file,
-                        load_weights_file=load_weights_file)
+                        load_weights_file=load_weights_file, input_size=(INPUT_SIZE, INPUT_SIZE),
+                        host_resize=host_resize)
 
 
 NETWORKS = {key: feature_network(cfg, name=key, weights_name=key)
@@ -828,3 +861,14 @@ NETWORKS = {key: feature_network(cfg, name=key, weights_name=key)
 """Registry name → :class:`~jaxmetrics.networks.base.FeatureNetwork` of the four hub backbones."""
 NETWORK = NETWORKS[DEFAULT]
 """DINOv2 ViT-L/14, the FD_DINOv2 network of dgm-eval and EDM2, as a FeatureNetwork."""
+
+
+def network_of(config):
+  """The :class:`~jaxmetrics.networks.base.FeatureNetwork` of a backbone of ``config`` (a loaded
+  checkpoint's): the registered one of that architecture (:data:`NETWORKS`), or one named after
+  its size for others."""
+  for network_name, known in ARCHITECTURES.items():
+    if config == known:
+      return NETWORKS[network_name]
+  return feature_network(config, name=f"dinov2-{config.num_layers}x{config.hidden_size}-"
+                         f"p{config.patch_size}-{config.ffn}")

@@ -421,7 +421,8 @@ def _forward(params, images, resize="tf1", precision="highest"):
   return forward(params, images, resize=resize, precision=precision)
 
 
-def forward(params, images, *, resize="tf1", precision="highest", shards=1):
+def forward(params, images, *, resize="tf1", precision="highest", shards=1, mask=None,
+            host_resized=False):
   """Resize, normalisation and network on a batch, for use inside ``jit`` (no checks).
 
   On a CPU the images go through the network one per shard at a time (``lax.map``), not as one
@@ -438,22 +439,36 @@ def forward(params, images, *, resize="tf1", precision="highest", shards=1):
     shards: the number of devices the batch's leading axis is split over (contiguous blocks of
       ``N / shards`` rows, as ``NamedSharding(mesh, P("data"))`` places them); each step of the CPU
       loop takes one row per shard, so it slices no sharded axis and moves no data between devices.
+    mask: ``(N,)`` bool, the rows that count. On a CPU a step whose rows are all masked is skipped
+      (``lax.cond``) and gives zeros: the padding of a last batch, which sits at the end of the
+      global batch and so in the last shards, costs nothing once the valid rows are done. GPUs and
+      TPUs compute every row.
+    host_resized: unused: rows resized on the host are 299 × 299, where every resize mode is the
+      identity.
   """
+  del host_resized
   model = Inception(precision=PRECISIONS[precision])
 
   def network(images):
     return model.apply({"params": params}, preprocess(images, resize))
 
-  def one_per_shard(images):
+  def one_per_shard(images, mask):
     n = images.shape[0]
     if n % shards:
       raise InputError(f"images: expected a multiple of shards={shards} rows, got {n}")
     # (N, ...) -> (N / shards, shards, ...): step k takes row k of every shard's block.
-    blocks = jnp.swapaxes(images.reshape(shards, n // shards, *images.shape[1:]), 0, 1)
-    out = jax.lax.map(network, blocks)
+    per_step = lambda x: jnp.swapaxes(x.reshape(shards, n // shards, *x.shape[1:]), 0, 1)
+    if mask is None:
+      out = jax.lax.map(network, per_step(images))
+    else:
+      shapes = jax.eval_shape(network, per_step(images)[0])
+      skip = lambda _: jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+      out = jax.lax.map(lambda step: jax.lax.cond(jnp.any(step[1]), network, skip, step[0]),
+                        (per_step(images), per_step(mask)))
     return jax.tree.map(lambda y: jnp.swapaxes(y, 0, 1).reshape(n, *y.shape[2:]), out)
 
-  return jax.lax.platform_dependent(images, cpu=one_per_shard, default=network)
+  return jax.lax.platform_dependent(images, mask, cpu=one_per_shard,
+                                    default=lambda images, _: network(images))
 
 
 def features(params, images, *, resize="tf1", precision="highest", batch_size=None):
@@ -480,12 +495,18 @@ def features(params, images, *, resize="tf1", precision="highest", batch_size=No
   check_batch_size(batch_size)
   if isinstance(images, np.ndarray) and images.dtype == np.float64:
     images = images.astype(np.float32)
-  forward = functools.partial(_forward, params, resize=resize, precision=precision)
-  return batched(forward, images, batch_size)
+  forward = functools.partial(_forward, resize=resize, precision=precision)
+  return batched(forward, params, images, batch_size)
+
+
+def host_resize(image, resize="tf1"):
+  """One uint8 image ``(H, W, 3)`` → ``(299, 299, 3)`` float32 on the host, as :func:`preprocess`
+  resizes it on the device (:func:`jaxmetrics.networks.resize.host_resize`)."""
+  return _resize.host_resize(image, (INPUT_SIZE, INPUT_SIZE), resize)
 
 
 NETWORK = FeatureNetwork(
     name="inception-v3-fid", weights=WEIGHTS, features=FEATURES, resize_modes=_resize.RESIZE_MODES,
     forward=forward, weights_file=weights_file, load_weights_file=load_weights_file,
-    input_size=(INPUT_SIZE, INPUT_SIZE))
+    input_size=(INPUT_SIZE, INPUT_SIZE), host_resize=host_resize)
 """The FID Inception-v3 as a :class:`~jaxmetrics.networks.base.FeatureNetwork`."""

@@ -188,6 +188,17 @@ def default_mesh():
   return Mesh(np.array(devices), ("data",))
 
 
+def replicate(params, mesh=None):
+  """``params`` replicated on every device of ``mesh`` (default :func:`default_mesh`).
+
+  :func:`extract` replicates host (NumPy) parameters at the start of every call; replicate them
+  once with this and pass the result to every call (a training loop's evaluation, several
+  sources) to copy them to the devices once. Arrays already replicated on the mesh are kept.
+  """
+  mesh = default_mesh() if mesh is None else mesh
+  return _replicate(params, NamedSharding(mesh, P()))
+
+
 def initialize(**kwargs):
   """Joins the processes of a multi-host run (``jax.distributed.initialize``); call it first.
 
@@ -235,7 +246,8 @@ def extract(source, params, *, network=None, states=None, batch_size=None, resiz
       :data:`jaxmetrics.networks.inception.NETWORK`.
     states: ``{name: (feature, state)}``: each state is updated with the named feature of every
       batch (``state.update(features, mask)``; ``InceptionScoreState`` with its split,
-      ``FeatureBuffer`` with each row's global index). Default :func:`default_states`.
+      ``FeatureBuffer`` with each row's global index). Default :func:`default_states`; ``{}``
+      with ``keep_features`` gathers the features alone.
     batch_size: global images per step, over all devices and processes; rounded up to a multiple
       of the number of devices. Default ``32 ×`` the number of devices.
     resize: one of the network's resize modes; default its first (Inception: ``"tf1"``, or
@@ -276,7 +288,7 @@ def extract(source, params, *, network=None, states=None, batch_size=None, resiz
     _check_positive("split_size", split_size)
   keep = _check_keep(keep_features, network)
   if states is not None:
-    states = _check_states(states, network)
+    states = _check_states(states, network, keep)
   mesh = default_mesh() if mesh is None else mesh
   if not isinstance(mesh, Mesh):
     raise InputError(f"mesh: expected a jax.sharding.Mesh, got {type(mesh).__name__}")
@@ -286,8 +298,7 @@ def extract(source, params, *, network=None, states=None, batch_size=None, resiz
   batch_size = -(-batch_size // mesh.size) * mesh.size
 
   source_given = isinstance(source, sources.Source)
-  source = sources.open_source(source, image_size=image_size, input_size=network.input_size,
-                               resize=resize)
+  source = sources.open_source(source, image_size=image_size, network=network, resize=resize)
   try:
     return _Run(source, params, network, states, mesh, batch_size, num_samples, splits, split_size,
                 keep, dict(resize=resize, precision=precision), prefetch, progress).run()
@@ -301,17 +312,18 @@ def extract(source, params, *, network=None, states=None, batch_size=None, resiz
 
 @functools.partial(jax.jit, donate_argnums=(0,),
                    static_argnames=("mesh", "network", "feeds", "resize", "precision", "keep",
-                                    "split_size"))
+                                    "split_size", "host_resized"))
 def _step(states, params, batch, num_samples, *, mesh, network, feeds, resize, precision, keep,
-          split_size):
+          split_size, host_resized):
   """One global batch: network, states and (replicated) outputs; ``num_samples`` 0: unknown.
 
   ``feeds``: ``((state name, feature name), ...)``, static so that the step is compiled per set of
-  states.
+  states. Masked rows' features are never read (every state and the kept outputs take the mask),
+  so the network may skip them.
   """
   mask = batch["mask"]
   out = network.forward(params, batch["images"], resize=resize, precision=precision,
-                        shards=mesh.size)
+                        shards=mesh.size, mask=mask, host_resized=host_resized)
   states = {name: _feed(states[name], out[feature], mask, batch["index"], num_samples, split_size)
             for name, feature in feeds}
   info = {"rows": jnp.sum(mask, dtype=jnp.int32), "failed": jnp.max(batch["failed"]),
@@ -350,6 +362,7 @@ class _Run:
     self.source, self.mesh, self.batch, self.keep = source, mesh, batch_size, keep
     self.network, self.split_size = network, split_size
     self.options, self.prefetch = options, prefetch
+    self.options["host_resized"] = source.host_resize is not None
     self.processes = jax.process_count()
     self.process = jax.process_index()
     self.failed_process = None  # set when a finished step reports a process's bad input
@@ -671,11 +684,12 @@ def _check_keep(keep_features, network):
   return tuple(n for n in network.features if n in names)
 
 
-def _check_states(states, network):
-  """``{name: (feature, state)}`` with known features and dimensions that fit."""
-  if not isinstance(states, dict) or not states:
-    raise InputError(f"states: expected a non-empty dict {{name: (feature, state)}}, got "
-                     f"{type(states).__name__}")
+def _check_states(states, network, keep):
+  """``{name: (feature, state)}`` with known features and dimensions that fit; empty only when
+  ``keep`` names features to gather (a pass for the features alone)."""
+  if not isinstance(states, dict) or not (states or keep):
+    raise InputError(f"states: expected a non-empty dict {{name: (feature, state)}} (or empty with "
+                     f"keep_features), got {type(states).__name__}")
   for name, entry in states.items():
     if not (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)):
       raise InputError(f"states[{name!r}]: expected a (feature name, state) pair, got "

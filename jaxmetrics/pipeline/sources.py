@@ -65,6 +65,7 @@ compare against published numbers.
 
 import collections.abc
 import concurrent.futures
+import functools
 import mmap
 import os
 import pathlib
@@ -226,13 +227,18 @@ class FolderSource(Source):
       :data:`jaxmetrics.networks.resize.RESIZE_MODES`), used when ``image_size`` is ``None`` and
       the images have several sizes: each is then resized to ``input_size`` on the host
       (:func:`jaxmetrics.networks.resize.host_resize`).
+    host_resize: instead of that filter, ``host_resize(image)`` → ``(*input_size, 3)`` float32
+      pixels in [0, 255] (a network's :attr:`~jaxmetrics.networks.base.FeatureNetwork.host_resize`
+      in mode ``resize``).
 
   Attributes:
     paths: the files, one per row, in row order.
   """
 
-  def __init__(self, folder, image_size=None, workers=None, input_size=None, resize=None):
+  def __init__(self, folder, image_size=None, workers=None, input_size=None, resize=None,
+               host_resize=None):
     self.name = str(folder)
+    self._host_resize = host_resize
     self.paths = list_images(folder)
     self.num_samples = len(self.paths)
     self._workers = workers or min(16, os.cpu_count() or 1)
@@ -282,7 +288,7 @@ class FolderSource(Source):
       raise InputError(f"{folder}: images of several sizes, {found}: pass image_size=(H, W) to fit "
                        "them to one size, or the network's input_size and resize mode to resize "
                        "each to it")
-    if resize not in _resize.RESIZE_MODES:
+    if self._host_resize is None and resize not in _resize.RESIZE_MODES:
       raise InputError(f"{folder}: images of several sizes, {found}: resizing them on the host "
                        f"needs one of {', '.join(_resize.RESIZE_MODES)}, got resize={resize!r}; "
                        "pass image_size=(H, W) to fit them to one size")
@@ -310,7 +316,10 @@ class FolderSource(Source):
       # [0, 1] floats, as the Source contract has them; the device's ×255 restores the 0..255
       # values to within 2 float32 roundings (≤ 255 · 2⁻²³), and its resize to the size they
       # have is the identity.
-      pixels = _resize.host_resize(image, (height, width), self.host_resize[1])
+      if self._host_resize is not None:
+        pixels = self._host_resize(image)
+      else:
+        pixels = _resize.host_resize(image, (height, width), self.host_resize[1])
       return pixels / np.float32(255.0)
     if image.shape[:2] == (height, width):
       return image
@@ -408,7 +417,8 @@ class IterableSource(Source):
     self._buffer = None
 
 
-def open_source(source, *, image_size=None, key=None, workers=None, input_size=None, resize=None):
+def open_source(source, *, image_size=None, key=None, workers=None, input_size=None, resize=None,
+                network=None):
   """Opens images for streaming: a folder, ``.npy``/``.npz`` file, array or iterable of batches.
 
   See the module docstring for what each kind becomes, and :mod:`jaxmetrics.pipeline.datasets`
@@ -428,10 +438,20 @@ def open_source(source, *, image_size=None, key=None, workers=None, input_size=N
       mode's filter; a folder of one size, and every other source, is resized on the device
       instead, and ignores them. Without them (and without ``image_size``) a folder of several
       sizes is an error.
+    network: instead of ``input_size``, the :class:`~jaxmetrics.networks.base.FeatureNetwork`
+      that reads the rows: a folder of several sizes is resized to its ``input_size`` by its
+      ``host_resize`` in mode ``resize`` (an error for a network without them).
 
   Raises:
     InputError: a missing path, an unknown file type, a wrong shape or dtype, no data.
   """
+  host_resize = None
+  if network is not None:
+    if input_size is not None:
+      raise InputError(f"input_size: given with network={network.name}, whose input size it is")
+    if network.input_size is not None and network.host_resize is not None:
+      input_size = network.input_size
+      host_resize = functools.partial(network.host_resize, resize=resize)
   if input_size is not None:
     input_size = _check_image_size(input_size, "input_size")
   if isinstance(source, Source):
@@ -462,7 +482,7 @@ def open_source(source, *, image_size=None, key=None, workers=None, input_size=N
     suffix = path.suffix.lower()
     if path.is_dir():
       _only_for(key, "key", ".npz files", path)
-      return FolderSource(path, image_size, workers, input_size, resize)
+      return FolderSource(path, image_size, workers, input_size, resize, host_resize)
     _only_for(image_size, "image_size", "image folders", path)
     _only_for(workers, "workers", "image folders", path)
     if suffix != ".npz":
