@@ -23,7 +23,7 @@ States and what they hold (one module each for the math, reused here):
   reference features fed alongside. sFID is FID on the ``"spatial"`` feature of the Inception
   (guided-diffusion's ``mixed_6/conv`` slice), whose reference statistics are ``mu_s``/``sigma_s``.
 * :class:`InceptionScore`: :class:`~jaxmetrics.InceptionScoreState` (per-split sums).
-* :class:`KID`, :class:`PrecisionRecall`, :class:`DensityCoverage`: bounded
+* :class:`KID`, :class:`CMMD`, :class:`PrecisionRecall`, :class:`DensityCoverage`: bounded
   :class:`~jaxmetrics.FeatureBuffer` s of fixed capacity (these metrics need the rows themselves),
   generated and, unless a fixed reference array is configured, reference.
 * :class:`Reconstruction`: :class:`~jaxmetrics.ReconstructionState` (MSE, MAE, BCE, PSNR, SSIM).
@@ -34,12 +34,14 @@ States and what they hold (one module each for the math, reused here):
 result, whatever ``jax_enable_x64`` says: FID's distance is taken in float64 from the float32
 statistics (through :func:`~jaxmetrics.frechet_distance`'s float64 route), KID from the buffers
 widened to float64 (:func:`~jaxmetrics.kid`'s float64 route), the IS, reconstruction and CLIP
-formulas from their float32 sums in NumPy float64. Too few samples is an ``InputError`` there
+formulas from their float32 sums in NumPy float64, CMMD from the buffers widened to float64
+(:func:`~jaxmetrics.mmd_rbf`'s float64 route). Too few samples is an ``InputError`` there
 (FID with fewer than 2 rows on a side, KID with fewer rows than ``subset_size``, a k-NN ball without
 k other points, an empty IS split), never a silent zero. Inside ``jit`` nothing can raise: FID,
 sFID, IS, reconstruction and CLIP scores are computed in float32 (JAX's dtype with x64 off) and are
-NaN when the host would have raised, which is right for tracking progress; KID, the k-NN metrics
-and semantic similarity draw subsets, count or divide per prompt on the host and raise an
+NaN when the host would have raised, which is right for tracking progress; KID, CMMD, the k-NN
+metrics and semantic similarity draw subsets, sum kernel tiles, count or divide per prompt on the
+host and raise an
 ``InputError`` on a traced state, saying to return the state from the jitted function and compute
 outside.
 
@@ -97,6 +99,7 @@ from jaxmetrics.metrics import frechet
 from jaxmetrics.metrics import inception_score as _inception_score
 from jaxmetrics.metrics import kid as _kid
 from jaxmetrics.metrics import manifold
+from jaxmetrics.metrics import mmd
 from jaxmetrics.metrics import reconstruction
 from jaxmetrics.metrics import statistics
 from jaxmetrics.metrics.frechet import FrechetReference
@@ -105,7 +108,7 @@ from jaxmetrics.metrics.reconstruction import ReconstructionState
 from jaxmetrics.metrics.statistics import FeatureBuffer
 from jaxmetrics.metrics.statistics import FeatureStats
 
-__all__ = ["ClipScore", "DensityCoverage", "FID", "InceptionScore", "KID", "NNXMetric",
+__all__ = ["ClipScore", "CMMD", "DensityCoverage", "FID", "InceptionScore", "KID", "NNXMetric",
            "PrecisionRecall", "Reconstruction", "SFID", "SemanticSimilarity"]
 
 
@@ -665,6 +668,35 @@ class KID(_BufferMetric):
     return _kid.kid(np.asarray(generated, np.float64), np.asarray(reference, np.float64),
                     subsets=o["subsets"], subset_size=m, degree=o["degree"], gamma=o["gamma"],
                     coef0=o["coef0"], seed=o["seed"])
+
+
+@flax.struct.dataclass
+class CMMD(_BufferMetric):
+  """CMMD as a training-loop state: buffers of generated (and reference) CLIP embeddings.
+
+  ``CMMD.configure(capacity=C, dim=768)`` keeps up to ``C`` rows a side, fed from the outputs
+  ``features`` (the L2-normalised CLIP ViT-L/14@336px image embeddings that
+  :data:`jaxmetrics.networks.clip.CMMD_NETWORK` gives) and ``reference_features``;
+  ``reference=array`` fixes the reference rows. ``compute()`` (outside ``jit`` only) is
+  :func:`~jaxmetrics.mmd_rbf` of the rows widened to float64 (google-research/cmmd's
+  ``distance.mmd``: 1000 · biased MMD², σ = 10, unless ``sigma`` / ``scale`` say otherwise), a
+  ``numpy.float64``; an ``InputError`` when a side is empty or rows were dropped for capacity.
+  """
+
+  @classmethod
+  def configure(cls, *, capacity, dim=None, reference=None, sigma=mmd.SIGMA, scale=mmd.SCALE,
+                features="features", reference_features="reference_features"):
+    return cls._configure(capacity, dim, reference, features, reference_features, sigma=sigma,
+                          scale=scale)
+
+  def compute(self):
+    o = type(self)._options()
+    generated, reference = self._rows()
+    if min(len(generated), len(reference)) < 1:
+      raise InputError(f"CMMD: expected at least 1 row on each side, got {len(generated)} "
+                       f"generated and {len(reference)} reference")
+    return mmd.mmd_rbf(np.asarray(generated, np.float64), np.asarray(reference, np.float64),
+                       sigma=o["sigma"], scale=o["scale"])
 
 
 @flax.struct.dataclass
