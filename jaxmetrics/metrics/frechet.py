@@ -9,7 +9,9 @@ The matrix square root is never formed. For any factors :math:`\Sigma_i = F_i F_
 :math:`\operatorname{tr}\sqrt{\Sigma_1\Sigma_2} = \|F_1^\top F_2\|_*`, the sum of the singular
 values of :math:`F_1^\top F_2`: they are the square roots of the eigenvalues of the symmetric PSD
 matrix :math:`\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2}`, whose eigenvalues are those of
-:math:`\Sigma_1\Sigma_2` (REFERENCE.md). From covariances the factors are Cholesky factors
+:math:`\Sigma_1\Sigma_2` (similar matrices: :math:`\Sigma_1\Sigma_2 = \Sigma_1^{1/2}
+(\Sigma_1^{1/2}\Sigma_2\Sigma_1^{1/2})\Sigma_1^{-1/2}` where :math:`\Sigma_1` is invertible, and
+by continuity otherwise). From covariances the factors are Cholesky factors
 :math:`L` (a tenth of the cost of ``eigh``), or :math:`F = V\operatorname{diag}(\sqrt{w})` of
 ``eigh`` for a covariance that is singular to working precision; from features with fewer samples
 than dimensions they are the centred feature matrices themselves, which makes that route exact.
@@ -78,7 +80,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> jax.Array | np.float64:
   ``eigh`` route is taken for a covariance whose Cholesky factorisation fails or ends on a pivot
   below 4 eps of its diagonal entry (singular to working precision). It is the
   value pytorch-fid, torch-fidelity, torchmetrics and clean-fid compute (``sqrtm`` or ``eigvals`` of
-  :math:`\Sigma_1\Sigma_2`), without their complex round-off (REFERENCE.md). Like theirs it is not
+  :math:`\Sigma_1\Sigma_2`: pytorch-fid's ``calculate_frechet_distance``, torch-fidelity's
+  ``fid_statistics_to_metric``), without their complex round-off. Like theirs it is not
   clipped at zero: identical statistics give a round-off-sized value of either sign.
 
   Accuracy at d = 2048 with Inception-like covariances (spectrum ~1/k, tr Σ ≈ 8, FID ≈ 8-10;
@@ -222,7 +225,10 @@ def frechet_distance_from_features(x, y) -> jax.Array | np.float64:
     \|\mu_x-\mu_y\|^2 + \frac{\|X\|_F^2}{N_1-1} + \frac{\|Y\|_F^2}{N_2-1}
     - 2\,\frac{\|X Y^\top\|_*}{\sqrt{(N_1-1)(N_2-1)}}
 
-  the same value as ``frechet_distance(mu_x, cov_x, mu_y, cov_y)`` (REFERENCE.md). A side with
+  the same value as ``frechet_distance(mu_x, cov_x, mu_y, cov_y)``: with :math:`\Sigma_x =
+  X^\top X / (N_1 - 1)`, the factors :math:`X^\top / \sqrt{N_1 - 1}` and :math:`Y^\top /
+  \sqrt{N_2 - 1}` give :math:`\|F_x^\top F_y\|_* = \|X Y^\top\|_* / \sqrt{(N_1-1)(N_2-1)}`
+  (module docstring). A side with
   N ≤ d enters through its centred feature matrix instead of an ``eigh`` of its singular covariance,
   so nothing is rounded to a square root of round-off: this is the exact route for small samples,
   and the cheap one (the singular values are of an at most min(N₁, d) x min(N₂, d) matrix). A side
