@@ -47,7 +47,6 @@ import _results  # noqa: E402
 import _torch_peers  # noqa: E402
 import jaxmetrics  # noqa: E402
 from jaxmetrics.pipeline import extract  # noqa: E402
-from jaxmetrics.pipeline.evaluation import host_frechet_distance  # noqa: E402
 from jaxmetrics.networks import inception  # noqa: E402
 from tests import _inception_fixtures as fixtures  # noqa: E402
 from tests._peers import pytorch_fid_frechet  # noqa: E402
@@ -219,10 +218,12 @@ def main():
   peer_fid = metric_fid.fid_statistics_to_metric(
       _stats(theirs[0]["pool3"]), _stats(theirs[1]["pool3"]), verbose=False)[metric_fid.KEY_METRIC_FID]
   statistics = [(o.stats.mean, o.stats.covariance()) for o in ours]
-  # What jaxmetrics.fid and the CLI do: float64 on the host. The float32 kernel on the device is
-  # the in-training-loop route; it cannot resolve covariances whose spectrum spans > 1/eps (N close
-  # to d with dead channels, as here at N = 2560): a row of its own, not a parity claim.
-  our_fid = host_frechet_distance(*statistics[0], *statistics[1])
+  # What jaxmetrics.fid and the CLI do: the float64 route (float64 statistics in). The float32
+  # kernel on the device is the in-training-loop route; it cannot resolve covariances whose
+  # spectrum spans > 1/eps (N close to d with dead channels, as here at N = 2560): a row of its
+  # own, not a parity claim.
+  our_fid = float(jaxmetrics.frechet_distance(*(np.asarray(x, np.float64) for x in
+                                                 (*statistics[0], *statistics[1]))))
   our_fid32 = float(jaxmetrics.frechet_distance(*statistics[0], *statistics[1]))
   rows.append(_row("torch-fidelity", "FID", our_fid, peer_fid))
   rows.append(_row("torch-fidelity", "FID, float32 kernel on the device (in-loop route)",

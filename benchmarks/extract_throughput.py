@@ -4,7 +4,11 @@ Every extractor loads the same random-weight checkpoint in the official format (
 cannot be downloaded here; speed does not depend on the values, and calibrated BatchNorm statistics
 keep activations free of denormals that would distort CPU timings), takes uint8 images of the given
 side from the host, resizes them to 299×299 on the device as its library does and returns pool3
-to the host. jaxmetrics (TF1 resize, pool3 and both logits) runs at each requested precision:
+to the host. jaxmetrics (TF1 resize, pool3 and both logits) runs two ways: ``extract`` over every
+JAX device (the route of ``evaluate`` and the command line; on a CPU-only machine the command
+line's default of one CPU device per core, which this script sets the same way before JAX starts
+unless ``--cpu-devices`` says otherwise) and ``inception.features`` on one device; each at every
+requested precision:
 "highest" (full float32, the default) and "default" (the fast mode: TF32 on Ampere and later GPUs,
 bfloat16 passes on TPUs; CPUs compute float32 either way). The peers are their own torch modules
 (``_torch_peers.py``): torch-fidelity, pytorch-fid and torchmetrics, at torch's defaults (on an
@@ -15,6 +19,7 @@ difference from jaxmetrics at "highest" with the same resize as the peer.
 
   python benchmarks/extract_throughput.py [--batch-sizes 32,64,128,256,512] [--sizes 299]
       [--precisions highest,default] [--libraries jaxmetrics,torch-fidelity,...] [--repeats 2]
+      [--cpu-devices N]
 
 Writes benchmarks/results/extract_throughput{,_gpu}.{json,md,png} (``_gpu`` when JAX runs on one).
 """
@@ -32,6 +37,10 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 # JAX and torch share the GPU in this process: JAX must not take 75% of it up front.
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+if "--cpu-devices" in sys.argv:  # before JAX starts, as the command line sets it
+  os.environ["JAXMETRICS_CPU_DEVICES"] = sys.argv[sys.argv.index("--cpu-devices") + 1]
+from jaxmetrics.pipeline import cli  # noqa: E402
+cli.cpu_devices()
 
 import jax  # noqa: E402
 import torch  # noqa: E402
@@ -39,6 +48,7 @@ import torch  # noqa: E402
 import _results  # noqa: E402
 import _torch_peers  # noqa: E402
 from jaxmetrics.networks import inception  # noqa: E402
+from jaxmetrics.pipeline import extract  # noqa: E402
 from tests import _inception_fixtures as fixtures  # noqa: E402
 
 _CHECK_IMAGES = 32  # images in the precision table
@@ -64,10 +74,16 @@ def _runners(args, params, checkpoint, gpu):
   runners = []
   libraries = args.libraries.split(",")
   if "jaxmetrics" in libraries:
+    replicated = extract.replicate(params)
+    devices = f"extract, {jax.device_count()} devices"
     for precision in args.precisions.split(","):
+      def run_extract(images, precision=precision):
+        return extract.extract(images, replicated, batch_size=len(images), precision=precision,
+                               keep_features=("pool3",), progress=False).outputs["pool3"]
       def run_jax(images, precision=precision):
         return np.asarray(inception.features(params, images, precision=precision)["pool3"])
-      runners.append(("jaxmetrics", precision, "tf1", run_jax))
+      runners.append((f"jaxmetrics ({devices})", precision, "tf1", run_extract))
+      runners.append(("jaxmetrics (features, 1 device)", precision, "tf1", run_jax))
   dev = _torch_peers.device()
   for library in (lib for lib in libraries if lib in _torch_peers.PEERS):
     forward = _torch_peers.extractor(library, checkpoint, dev)
@@ -98,6 +114,8 @@ def main():
   parser.add_argument("--precisions", default="highest,default", help="jaxmetrics' precisions")
   parser.add_argument("--libraries", default="jaxmetrics,torch-fidelity,pytorch-fid,torchmetrics")
   parser.add_argument("--repeats", type=int, default=2)
+  parser.add_argument("--cpu-devices", help="JAX CPU devices (default: one per core, as the "
+                      "command line; read before JAX starts)")
   args = parser.parse_args()
 
   torch.set_num_threads(os.cpu_count())

@@ -7,6 +7,7 @@ Needs matplotlib: ``pip install -e ".[benchmarks]"``.
 """
 
 import json
+import sys
 import pathlib
 
 import matplotlib
@@ -64,7 +65,8 @@ def _extract_throughput(result, ax):
   for (label, size), rows in sorted(series.items()):
     rows.sort(key=lambda r: r["batch"])
     ax.plot([r["batch"] for r in rows], [r["images_per_s"] for r in rows], marker="o",
-            color=_colour(label), linestyle="-" if "default" not in label else "--",
+            color=_colour(label),
+            linestyle=":" if "1 device" in label else "--" if "default" in label else "-",
             label=f"{label} ({size})")
   ax.set_xscale("log", base=2)
   ax.set_ylim(bottom=0)
@@ -177,10 +179,16 @@ def draw(name, result):
   print(f"wrote {RESULTS / name}.png")
 
 
-def main():
+def main(names=None):
+  """Redraws the PNG of each named result (default: every result that has a plot kind)."""
   for path in sorted(RESULTS.glob("*.json")):
+    if names and path.stem not in names:
+      continue
+    if not names and not any(path.stem.startswith(k) for k in _DRAW):
+      print(f"{path.stem}: a table only (no plot kind)")
+      continue
     draw(path.stem, json.loads(path.read_text()))
 
 
 if __name__ == "__main__":
-  main()
+  main(sys.argv[1:])

@@ -15,8 +15,8 @@ from tests import _inception_fixtures as fixtures
 from tests._reference import reference_fid_of_features
 
 
-def _run(*args, cache):
-  env = dict(os.environ, JAXMETRICS_CACHE=str(cache))
+def _run(*args, cache, env=None):
+  env = dict(os.environ, JAXMETRICS_CACHE=str(cache), **(env or {}))
   env.pop("XLA_FLAGS", None)
   return subprocess.run([sys.executable, "-m", "jaxmetrics", *map(str, args)], capture_output=True,
                         text=True, env=env, timeout=600)
@@ -343,3 +343,49 @@ def test_eval_suite_and_adm_give_the_same_numbers(photo_folders, inception_check
   refused = _run("adm", stats, fake, *weights, cache=tmp_path / "cache")
   assert refused.returncode == 2
   assert "Precision" not in refused.stdout and "needs pool3 features of every image" in refused.stderr
+
+
+def test_cache_info_and_clear(photo_folders, inception_checkpoints, tmp_path):
+  real, fake = photo_folders
+  cache = tmp_path / "cache"
+  empty = _run("cache", "info", "--json", cache=cache)
+  assert empty.returncode == 0, empty.stderr
+  assert json.loads(empty.stdout) == {"action": "info", "path": str(cache / "stats"),
+                                      "entries": 0, "bytes": 0}
+  made = _run("fid", fake, real, "--weights", inception_checkpoints["legacy"], "--no-hash-check",
+              "--json", cache=cache)
+  assert made.returncode == 0, made.stderr
+  entries = sorted((cache / "stats").glob("*.npz"))
+  info = json.loads(_run("cache", "info", "--json", cache=cache).stdout)
+  assert info["entries"] == len(entries) == 2
+  assert info["bytes"] == sum(f.stat().st_size for f in entries)
+  human = _run("cache", "clear", cache=cache)
+  assert human.returncode == 0 and human.stdout.strip() == (
+      f"removed {cache / 'stats'} (2 entries, {info['bytes'] / 1e6:.1f} MB)")
+  assert not (cache / "stats").exists()
+
+
+def _device_count(env):
+  """What the command line's start-up gives JAX in a fresh process with ``env`` (no XLA_FLAGS of
+  the test run's own)."""
+  code = ("from jaxmetrics.pipeline import cli; cli.cpu_devices(); import jax; "
+          "print(jax.device_count())")
+  base = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAXMETRICS_CPU_DEVICES")}
+  return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                        env={**base, **env}, timeout=300)
+
+
+def test_one_cpu_device_per_core_by_default():
+  cores = len(os.sched_getaffinity(0))
+  default = _device_count({})
+  assert default.returncode == 0, default.stderr
+  assert int(default.stdout) == cores  # one device per usable core (1 stays JAX's default)
+  assert int(_device_count({"JAXMETRICS_CPU_DEVICES": "3"}).stdout) == 3
+  # A count the caller forces is theirs.
+  forced = {"XLA_FLAGS": "--xla_force_host_platform_device_count=5", "JAXMETRICS_CPU_DEVICES": "3"}
+  assert int(_device_count(forced).stdout) == 5
+  from jaxmetrics.pipeline import cli
+  bad = _run("cache", "info", cache="unused", env={"JAXMETRICS_CPU_DEVICES": "zero"})
+  assert bad.returncode == 2 and bad.stderr.strip() == (
+      "jaxmetrics cache: error: JAXMETRICS_CPU_DEVICES: expected a positive integer, got 'zero'")
+  assert cli.cpu_devices() is None  # this process forces its device count in conftest

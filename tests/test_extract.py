@@ -214,6 +214,16 @@ def test_bad_options_are_one_line_errors(options, match):
   assert "\n" not in str(info.value)
 
 
+def test_a_network_of_the_older_forward_protocol_is_refused_in_one_line():
+  old = lambda params, images, *, resize, precision, shards: {}
+  with pytest.raises(InputError, match=r"^forward: expected forward\(params, images, \*, resize, "
+                     r"precision, shards, mask, host_resized\), got old's without mask, "
+                     r"host_resized$"):
+    dataclasses.replace(inception.NETWORK, name="old", forward=old)
+  # A forward taking **kwargs accepts whatever the protocol passes.
+  dataclasses.replace(inception.NETWORK, forward=lambda params, images, **kwargs: {})
+
+
 def test_initialize_is_a_no_op_for_one_process(monkeypatch):
   for key in ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID"):
     monkeypatch.delenv(key, raising=False)

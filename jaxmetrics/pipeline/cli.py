@@ -7,11 +7,14 @@
   jaxmetrics kid A B                        # Kernel Inception Distance
   jaxmetrics eval A B --metrics fid,sfid,is,kid,precision,recall,density,coverage
                                             # several metrics from one feature pass per source
+  jaxmetrics eval A B --metrics fid,fd_dinov2,cmmd --dinov2 dinov2_vitl14_pretrain.pth
+                                            # several feature spaces, each source read once
   jaxmetrics adm REF SAMPLE                 # guided-diffusion's evaluator: IS, FID, sFID, P, R
   jaxmetrics stats A -o ref.npz             # reference statistics (pytorch-fid's .npz format)
   jaxmetrics features A [-o features.npz]   # Inception features of every image of a source
   jaxmetrics semsim DIR [--clip CKPT]       # CLIP semantic similarity, one sub-folder per prompt
   jaxmetrics weights download|verify|path   # manage the checkpoint cache
+  jaxmetrics cache info|clear               # the statistics cache
 
 A source is a folder of images, an ``.npy``/``.npz`` image array, a saved statistics ``.npz``
 (``mu``, ``sigma``: ours, pytorch-fid's, clean-fid's, guided-diffusion's reference batches), or
@@ -20,6 +23,12 @@ A source is a folder of images, an ``.npy``/``.npz`` image array, a saved statis
 Exit codes: 0 success; 2 a usage error or bad input named on the command line (a missing folder, a
 bad option, too few images); 1 a runtime failure (download, unreadable or mismatching weights
 file). Errors print one line on stderr; ``--debug`` shows the traceback instead.
+
+On a machine without an accelerator the commands run JAX with one CPU device per core (set before
+JAX starts, unless ``XLA_FLAGS`` already forces a device count or ``JAX_PLATFORMS`` names another
+platform): the network then runs one image per core at a time, which measured faster than one
+device with every core (``benchmarks/results/scaling.md``). ``JAXMETRICS_CPU_DEVICES=N`` sets
+another count (1: JAX's own default).
 """
 
 import argparse
@@ -77,8 +86,21 @@ def _parser():
     if name == "eval":
       command.add_argument("--metrics", default="fid,is,kid",
                            help="comma-separated, from: fid, sfid, is (of A), kid, precision, "
-                                "recall, density, coverage; A is the generated set, B the "
-                                "reference (default: fid,is,kid)")
+                                "recall, density, coverage (Inception); fd_dinov2, kid_dinov2, "
+                                "precision_dinov2, recall_dinov2, density_dinov2, "
+                                "coverage_dinov2 (DINOv2 ViT-L/14, needs --dinov2); cmmd (CLIP "
+                                "ViT-L/14@336px); A is the generated set, B the reference "
+                                "(default: fid,is,kid)")
+      command.add_argument("--dinov2", metavar="PATH",
+                           help="DINOv2 ViT-L/14 checkpoint for the _dinov2 metrics: the torch hub "
+                                "dinov2_vitl14_pretrain.pth or a Hugging Face folder")
+      command.add_argument("--dinov2-resize", choices=_dinov2_resize_modes(), default="dgm-eval",
+                           help="dgm-eval: PIL bicubic to 224 (default); edm2: torch's "
+                                "antialiased bicubic; clean: clean-fid's float32 PIL bicubic")
+      command.add_argument("--clip", metavar="NAME|PATH",
+                           help="CLIP ViT-L/14@336px checkpoint for cmmd: OpenAI's "
+                                "ViT-L-14-336px.pt, a Hugging Face or OpenCLIP folder; default: "
+                                "download OpenAI's once")
       command.set_defaults(run=_metric)
     else:
       command.set_defaults(run=_metric, metrics=name)
@@ -136,7 +158,19 @@ def _parser():
   manage.add_argument("--force", action="store_true", help="download again even if cached")
   manage.add_argument("--quiet", action="store_true", help="no progress bar")
   manage.set_defaults(run=_weights)
+
+  cache = commands.add_parser("cache", help="show or empty the statistics cache",
+                              description="The statistics cache ($JAXMETRICS_CACHE/stats): what "
+                                          "a pass computed for a source, reused when the same "
+                                          "source is evaluated again with the same settings.")
+  cache.add_argument("action", choices=("info", "clear"))
+  _output_options(cache)
+  cache.set_defaults(run=_cache)
   return parser
+
+
+def _dinov2_resize_modes():
+  return ("dgm-eval", "edm2", "clean")  # jaxmetrics.networks.dinov2.RESIZE_MODES, without JAX
 
 
 def _weights_options(parser):
@@ -224,9 +258,17 @@ def _features(args):
 
 
 def _evaluator_options(args):
+  spaces = {key: getattr(args, key) for key in ("dinov2", "dinov2_resize", "clip")
+            if hasattr(args, key)}
+  if spaces.get("clip") in _CLIP_NAMES and not os.path.exists(spaces["clip"]):
+    spaces["clip"] = None  # the registered file, downloaded once
   return dict(weights=args.weights, check_hash=args.check_hash, resize=args.resize,
               batch_size=args.batch_size, num_samples=args.num_samples, image_size=args.image_size,
-              cache=args.cache, progress=not args.quiet)
+              cache=args.cache, progress=not args.quiet, **spaces)
+
+
+# CMMD's network is CLIP ViT-L/14@336px: its registered name, for --clip.
+_CLIP_NAMES = ("openai-clip-vit-l-14-336",)
 
 
 _FLAGS = {"kid_subset_size": "--kid-subset-size", "kid_subsets": "--kid-subsets",
@@ -253,6 +295,10 @@ def _metric(args):
       pr_k=getattr(args, "pr_k", 3), dc_k=getattr(args, "dc_k", 5))
   results = {"a": args.a, **({"b": args.b} if two else {}), **results,
              "weights": args.weights or weights.DEFAULT}
+  if "dinov2_weights_sha256" in results:
+    results["dinov2_weights"] = args.dinov2
+  if "clip_weights_sha256" in results:
+    results["clip_weights"] = args.clip or _CLIP_NAMES[0]
   if args.json:
     print(json.dumps(results))
   elif not args.quiet:
@@ -264,15 +310,28 @@ def _metric(args):
     if "kid_mean" in results:
       lines.append(f"KID  {results['kid_mean']:.8f} ± {results['kid_std']:.8f}")
     for key, label in (("sfid", "sFID"), ("precision", "precision"), ("recall", "recall"),
-                       ("density", "density"), ("coverage", "coverage")):
+                       ("density", "density"), ("coverage", "coverage"),
+                       ("fd_dinov2", "FD_DINOv2"), ("precision_dinov2", "precision_dinov2"),
+                       ("recall_dinov2", "recall_dinov2"), ("density_dinov2", "density_dinov2"),
+                       ("coverage_dinov2", "coverage_dinov2"), ("cmmd", "CMMD")):
       if key in results:
         lines.append(f"{label:<4} {results[key]:.6f}")
+    if "kid_dinov2_mean" in results:
+      lines.append(f"KID_DINOv2  {results['kid_dinov2_mean']:.8f} ± "
+                   f"{results['kid_dinov2_std']:.8f}")
     print("\n".join(lines))
     counts = f"n1={_count(results['n1'])}" + (f", n2={_count(results['n2'])}" if two else "")
-    used = (f"weights {results['weights']} (sha256 {results['weights_sha256'][:12]}…), "
-            f"resize {results['resize']}" if results["weights_sha256"] else
-            "from saved statistics only (no weights needed)")
-    print(f"{counts}; {used}")
+    used = []
+    if results["weights_sha256"]:
+      used.append(f"weights {results['weights']} (sha256 {results['weights_sha256'][:12]}…), "
+                  f"resize {results['resize']}")
+    if "dinov2_weights_sha256" in results:
+      used.append(f"DINOv2 {results['dinov2_weights']} (sha256 "
+                  f"{results['dinov2_weights_sha256'][:12]}…), resize {results['dinov2_resize']}")
+    if "clip_weights_sha256" in results:
+      used.append(f"CLIP {results['clip_weights']} (sha256 "
+                  f"{results['clip_weights_sha256'][:12]}…)")
+    print(f"{counts}; {'; '.join(used) or 'from saved statistics only (no weights needed)'}")
   return 0
 
 
@@ -376,6 +435,48 @@ def _weights(args):
   return 0
 
 
+def _cache(args):
+  from jaxmetrics.pipeline import evaluation
+
+  info = evaluation.clear_cache() if args.action == "clear" else evaluation.cache_info()
+  if args.json:
+    print(json.dumps({"action": args.action, **info}))
+  elif not args.quiet:
+    size = f"{info['entries']} entries, {info['bytes'] / 1e6:.1f} MB"
+    print(f"removed {info['path']} ({size})" if args.action == "clear" else
+          f"{info['path']}: {size}")
+  return 0
+
+
+def cpu_devices():
+  """One JAX CPU device per usable core, before JAX starts (module docstring): sets XLA_FLAGS
+  unless a device count is forced there already, ``JAX_PLATFORMS`` names no CPU, or
+  ``JAXMETRICS_CPU_DEVICES`` says otherwise. Returns the count it set, or ``None``.
+
+  The flag shapes only JAX's CPU backend: on a GPU or TPU host the accelerators stay the default
+  devices, and the CPU devices are used for nothing but the float64 route on TPUs.
+  """
+  flags = os.environ.get("XLA_FLAGS", "")
+  platforms = os.environ.get("JAX_PLATFORMS", "")
+  if "--xla_force_host_platform_device_count" in flags or (platforms and "cpu" not in platforms):
+    return None
+  wanted = os.environ.get("JAXMETRICS_CPU_DEVICES", "")
+  if wanted:
+    try:
+      count = int(wanted)
+      if count < 1:
+        raise ValueError
+    except ValueError:
+      raise InputError(f"JAXMETRICS_CPU_DEVICES: expected a positive integer, got {wanted!r}") \
+          from None
+  else:
+    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+  if not count or count == 1:
+    return None
+  os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+  return count
+
+
 def _one_line_warnings(message, category, filename, lineno, file=None, line=None):
   print(f"warning: {message}", file=sys.stderr)
 
@@ -384,6 +485,7 @@ def main(argv=None):
   args = _parser().parse_args(argv)
   warnings.showwarning = _one_line_warnings
   try:
+    cpu_devices()
     return args.run(args)
   except (InputError, FileNotFoundError) as e:
     if args.debug:
