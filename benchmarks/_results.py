@@ -53,6 +53,18 @@ def describe(m: dict) -> str:
           f"({m['devices']}) · {versions}")
 
 
+def memory_mb() -> dict:
+  """This process's resident memory now and its high-water mark, in MB: ``{"rss", "peak"}``
+  (``VmRSS`` and ``VmHWM`` of ``/proc/self/status``; the peak only ever grows)."""
+  values = {}
+  with open("/proc/self/status") as f:
+    for line in f:
+      key, _, rest = line.partition(":")
+      if key in ("VmRSS", "VmHWM"):
+        values["rss" if key == "VmRSS" else "peak"] = int(rest.split()[0]) / 1024  # kB -> MB
+  return values
+
+
 def write(name: str, result: dict, markdown: str) -> None:
   """Writes results/NAME.json and NAME.md, then NAME.png if matplotlib can be imported."""
   RESULTS.mkdir(parents=True, exist_ok=True)
@@ -64,4 +76,5 @@ def write(name: str, result: dict, markdown: str) -> None:
   except ImportError as e:  # matplotlib is in the "benchmarks" extra only
     print(f"no {name}.png: {e}; pip install -e '.[benchmarks]' and run benchmarks/plots.py")
     return
-  plots.draw(name, result)
+  if plots.has_plot(name):
+    plots.draw(name, result)

@@ -162,6 +162,11 @@ _DRAW = {"agreement": _agreement, "dinov2_positions": _dinov2_positions, "extrac
          "scaling": _scaling, "end_to_end": _end_to_end, "manifold": _manifold}
 
 
+def has_plot(name):
+  """Whether results/NAME has a plot kind (some benchmarks are tables only)."""
+  return any(name.startswith(k) for k in _DRAW)
+
+
 def draw(name, result):
   """Draws results/NAME.png for a benchmark's result dict (NAME may carry a suffix: frechet_kernel_x)."""
   kind = next((k for k in sorted(_DRAW, key=len, reverse=True) if name.startswith(k)), None)
@@ -184,7 +189,7 @@ def main(names=None):
   for path in sorted(RESULTS.glob("*.json")):
     if names and path.stem not in names:
       continue
-    if not names and not any(path.stem.startswith(k) for k in _DRAW):
+    if not names and not has_plot(path.stem):
       print(f"{path.stem}: a table only (no plot kind)")
       continue
     draw(path.stem, json.loads(path.read_text()))
