@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 import scipy.linalg
+import torch
 
 import jaxmetrics
 from jaxmetrics.networks import inception
@@ -17,7 +18,8 @@ def params(inception_checkpoints):
   return inception.convert_state_dict({k: v.numpy() for k, v in inception_checkpoints["state_dict"].items()})
 
 
-def test_fid_of_two_arrays_with_loaded_params(params, tmp_path, monkeypatch):
+def test_fid_of_two_arrays_with_loaded_params(params, inception_checkpoints, tmp_path,
+                                               monkeypatch):
   monkeypatch.setenv("JAXMETRICS_CACHE", str(tmp_path))
   a, b = fixtures.test_images(21, 6, 24, 24), fixtures.test_images(22, 7, 24, 24)
   value = jaxmetrics.fid(a, b, params=params)
@@ -30,10 +32,26 @@ def test_fid_of_two_arrays_with_loaded_params(params, tmp_path, monkeypatch):
                                 kid_subsets=3, kid_subset_size=5)
   assert results["cached"] == [False, False]  # the fid() entries lack the features KID needs
   assert results["fid"] == pytest.approx(value, rel=1e-6)
-  expected_is = jaxmetrics.inception_score(inception.features(params, a)["logits_unbiased"], splits=2)
-  assert results["is_mean"] == pytest.approx(float(expected_is[0]), rel=1e-5)
-  expected_kid = jaxmetrics.kid(x.astype(np.float32), y.astype(np.float32), subsets=3, subset_size=5)
-  assert results["kid_mean"] == pytest.approx(float(expected_kid[0]), rel=1e-4, abs=1e-6)
+  # IS and KID against torch-fidelity's own code on its own network's features of the same images:
+  # isc_featuresdict_to_metric without its shuffle (6 rows, 2 splits: the same contiguous halves)
+  # and kid_featuresdict_to_metric with its seed, whose subset draws jaxmetrics repeats.
+  extractor = fixtures.torch_fidelity_extractor(inception_checkpoints["legacy"])
+  peer_a, peer_b = (fixtures.torch_fidelity_features(extractor, images) for images in (a, b))
+  metric_isc = torch_fidelity_metric_module("metric_isc")
+  metric_kid = torch_fidelity_metric_module("metric_kid")
+  peer_is = metric_isc.isc_featuresdict_to_metric(
+      {"logits_unbiased": torch.from_numpy(peer_a["logits_unbiased"])}, "logits_unbiased",
+      isc_splits=2, samples_shuffle=False, verbose=False)
+  peer_kid = metric_kid.kid_featuresdict_to_metric(
+      {"f": torch.from_numpy(peer_a["pool3"].astype(np.float64))},
+      {"f": torch.from_numpy(peer_b["pool3"].astype(np.float64))}, "f", kid_subsets=3,
+      kid_subset_size=5, rng_seed=2020, verbose=False)
+  # The two float32 networks' outputs differ by ~1e-6 relative (test_inception); IS is a smooth
+  # function of the logits, so 1e-5 holds it. KID cancels kernel terms ~1e2 times its size here,
+  # which turns that into ~1e-4 of KID at most.
+  assert results["is_mean"] == pytest.approx(peer_is["inception_score_mean"], rel=1e-5)
+  assert results["kid_mean"] == pytest.approx(peer_kid["kernel_inception_distance_mean"], rel=1e-4)
+  assert results["kid_std"] == pytest.approx(peer_kid["kernel_inception_distance_std"], rel=1e-4)
   again = jaxmetrics.evaluate(a, b, params=params, metrics=("fid", "is", "kid"), splits=2,
                               kid_subsets=3, kid_subset_size=5)
   assert again["cached"] == [True, True] and again["fid"] == pytest.approx(value, rel=1e-6)

@@ -254,13 +254,16 @@ class Evaluator:
     params: Inception parameters already loaded (:func:`jaxmetrics.load_params`), used instead of
       ``weights``; the cache then keys them by the sha256 of their arrays.
     resize: Inception's resize mode (``"tf1"``; see :mod:`jaxmetrics.networks.resize`).
-    dinov2: the DINOv2 ViT-L/14 checkpoint for the ``"dinov2"`` space: a torch hub
+    dinov2: the DINOv2 checkpoint for the ``"dinov2"`` space: a torch hub
       ``dinov2_vitl14_pretrain.pth`` or a Hugging Face folder (Meta publishes no sha256, so it is
-      never downloaded: a path is needed).
+      never downloaded: a path is needed). The space takes the checkpoint's architecture, as
+      dgm-eval's ``--arch`` does; FD_DINOv2 as published is ViT-L/14's.
     dinov2_resize: DINOv2's preprocessing: ``"dgm-eval"`` (default), ``"edm2"`` or ``"clean"``
       (:mod:`jaxmetrics.networks.dinov2`).
-    clip: the CLIP ViT-L/14@336px checkpoint for the ``"clip"`` space (CMMD); ``None`` downloads
-      OpenAI's ``ViT-L-14-336px.pt`` once.
+    clip: the CLIP checkpoint for the ``"clip"`` space (CMMD): ``None`` downloads OpenAI's
+      ``ViT-L-14-336px.pt`` once (CMMD's network), a file is checked against it unless
+      ``check_hash=False``, and a Hugging Face or OpenCLIP folder is read as it is; the space
+      takes the checkpoint's architecture.
     precision, batch_size, num_samples, image_size, splits, split_size: as in
       :func:`jaxmetrics.pipeline.extract.extract`.
     cache: read and write the statistics cache (see the module docstring).
@@ -356,7 +359,7 @@ class Evaluator:
     name = _describe(source)
     saved = self.check(source, needs)
     out = {}
-    if saved is not None and needs.get("inception", Needs()) <= saved[0].holds():
+    if saved is not None and "inception" in needs and needs["inception"] <= saved[0].holds():
       out["inception"] = saved[0]
     wanted = {space: need for space, need in needs.items() if space not in out}
     if not wanted:
@@ -378,8 +381,14 @@ class Evaluator:
       else:  # a new entry keeps what the old one had
         todo[space] = need | cached.holds() if cached is not None else need
     if todo:
+      # A reference batch's images (guided-diffusion's arr_0), opened here and closed after.
       opened = sources.open_source(source, key="arr_0") if saved is not None else source
-      for space, stats in self._pass(opened, name, todo).items():
+      try:
+        computed = self._pass(opened, name, todo)
+      finally:
+        if opened is not source:
+          opened.close()
+      for space, stats in computed.items():
         entry = entries[space][0]
         if entry is not None:
           _write_entry(entry, stats)
