@@ -379,12 +379,13 @@ def test_one_cpu_device_per_core_by_default():
   cores = len(os.sched_getaffinity(0))
   default = _device_count({})
   assert default.returncode == 0, default.stderr
-  assert int(default.stdout) == cores  # one device per usable core (1 stays JAX's default)
+  # One device per usable core, at most cli.MAX_CPU_DEVICES (1 stays JAX's own default).
+  from jaxmetrics.pipeline import cli
+  assert int(default.stdout) == min(cores, cli.MAX_CPU_DEVICES)
   assert int(_device_count({"JAXMETRICS_CPU_DEVICES": "3"}).stdout) == 3
   # A count the caller forces is theirs.
   forced = {"XLA_FLAGS": "--xla_force_host_platform_device_count=5", "JAXMETRICS_CPU_DEVICES": "3"}
   assert int(_device_count(forced).stdout) == 5
-  from jaxmetrics.pipeline import cli
   bad = _run("cache", "info", cache="unused", env={"JAXMETRICS_CPU_DEVICES": "zero"})
   assert bad.returncode == 2 and bad.stderr.strip() == (
       "jaxmetrics cache: error: JAXMETRICS_CPU_DEVICES: expected a positive integer, got 'zero'")

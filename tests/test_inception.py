@@ -166,13 +166,14 @@ def test_cpu_skips_steps_whose_rows_are_all_masked(checkpoints):
   what the network gives without a mask."""
   params = inception.convert_state_dict({k: v.numpy() for k, v in checkpoints["state_dict"].items()})
   mesh = Mesh(np.array(jax.devices()), ("data",))
-  images = fixtures.test_images(13, 24, 32, 32)  # 3 rows per shard: 3 steps of 8 rows
-  mask = np.arange(24) < 2  # rows 0 and 1: steps 0 and 1 run, step 2 (rows 2, 5, ..., 23) not
+  n = 3 * mesh.size  # 3 rows per shard: 3 steps of one row per shard
+  images = fixtures.test_images(13, n, 32, 32)
+  mask = np.arange(n) < 2  # rows 0 and 1: steps 0 and 1 run, step 2 (rows 2, 5, 8, ...) not
   run = jax.jit(lambda p, x, m: inception.forward(p, x, shards=mesh.size, mask=m))
   place = lambda x, spec: jax.device_put(x, NamedSharding(mesh, spec))
   masked = run(place(params, P()), place(images, P("data")), place(mask, P("data")))
   full = run(place(params, P()), place(images, P("data")), None)
-  skipped = np.arange(24) % 3 == 2
+  skipped = np.arange(n) % 3 == 2
   for key in inception.OUTPUTS:
     got, expected = np.asarray(masked[key], np.float64), np.asarray(full[key], np.float64)
     # The same network on the computed rows, compiled inside a conditional: at most float32

@@ -134,11 +134,13 @@ def test_three_spaces_match_the_peers_from_mixed_size_folders(checkpoints, folde
   peer_cmmd = clip_mmd.mmd(_cmmd_reference(checkpoints["clip_torch"], a),
                            _cmmd_reference(checkpoints["clip_torch"], b)).item()
   # Each is a float64 distance of float32 features that agree with the peer's to ~1e-6 relative
-  # (test_inception, test_dinov2 and test_cmmd hold them to 1e-4): a Fréchet distance cancels
-  # terms (traces, ‖Δμ‖²) a few times its size, and CMMD's kernel means are within 1e-4 of each
-  # other here. The host route (Pillow's own resize for DINOv2 and CMMD, the TF1 taps in NumPy for
-  # Inception) agrees with the device route to float32 round-off (test_host_resize_is_the_device
-  # _route). 1e-4 relative holds each; a wrong filter, crop or space moves them by > 1e-2.
+  # (test_inception, test_dinov2 and test_cmmd hold them to 1e-4). With 6 samples in 2048 (64,
+  # 32) dimensions the covariances have rank 5: both sides take the square root of the same 5
+  # nonzero eigenvalues (the rest are round-off, zeroed by both), so the distance moves with the
+  # features' error times the terms it cancels, a few times its size. The host route (Pillow's own
+  # resize for DINOv2 and CMMD, the TF1 taps in NumPy for Inception) agrees with the device route
+  # to float32 round-off. Measured 3.2e-7 (FID), 4.9e-7 (FD_DINOv2), 1.3e-6 (CMMD); 1e-4 leaves
+  # BLAS room, and a wrong filter, crop or space moves them by > 1e-2.
   assert got["fid"] == pytest.approx(fid, rel=1e-4)
   assert got["fd_dinov2"] == pytest.approx(fd, rel=1e-4)
   assert got["cmmd"] == pytest.approx(peer_cmmd, rel=1e-4)
@@ -162,6 +164,22 @@ def test_each_source_is_read_once(checkpoints):
     # (~1e-6 relative), through float64 distances that cancel terms a few times their size.
     assert once[metric] == pytest.approx(alone[metric], rel=1e-4)
   assert once["n1"] == 10 and once["cached"] == [False, False]
+
+
+def test_combined_network_is_one_instance_per_parts():
+  parts = [("a", inception.NETWORK, None), ("b", clip.CMMD_NETWORK, "cmmd")]
+  # A list, and a part's default resize spelled out or not: the same network (one compilation).
+  assert base.combine(parts) is base.combine((("a", inception.NETWORK, "tf1"),
+                                              ("b", clip.CMMD_NETWORK, "cmmd")))
+  assert base.combine(parts).name == "a:inception-v3-fid:tf1+b:clip-vit-l-14-336-cmmd:cmmd"
+  assert clip.cmmd_network(clip.VIT_L14_336) is clip.CMMD_NETWORK
+  for bad, match in (([("a", inception.NETWORK)], "expected \\(key, network, resize\\) triples"),
+                     ([("a", inception.NETWORK, None)] * 2, "distinct string keys"),
+                     ([("a/b", inception.NETWORK, None)], "without '/'"),
+                     ([("a", "inception", None)], r"parts\['a'\]: expected a FeatureNetwork"),
+                     ([("a", inception.NETWORK, "bilinear")], "resize: expected one of")):
+    with pytest.raises(InputError, match=match):
+      base.combine(bad)
 
 
 def test_combined_network_equals_its_parts(checkpoints):
@@ -271,23 +289,38 @@ def test_spaces_are_cached_apart(checkpoints, tmp_path, monkeypatch):
   """Each space's statistics have an entry of their own: a later call that adds a space computes
   only that space, and a new version of jaxmetrics or another device kind misses."""
   monkeypatch.setenv("JAXMETRICS_CACHE", str(tmp_path))
+  passes = []
+  real_pass = evaluation.Evaluator._pass  # pylint: disable=protected-access
+  monkeypatch.setattr(evaluation.Evaluator, "_pass", lambda self, source, name, needs: (
+      passes.append((name, sorted(needs))), real_pass(self, source, name, needs))[1])
   images = fixtures.test_images(9, 8, 32, 32)
   reference = fixtures.test_images(10, 8, 32, 32)
   options = dict(params=checkpoints["params"], dinov2=checkpoints["dinov2"], check_hash=False)
   first = jaxmetrics.evaluate(images, reference, metrics=("fd_dinov2",), **options)
   assert first["cached"] == [False, False] and evaluation.cache_info()["entries"] == 2
+  assert [spaces for _, spaces in passes] == [["dinov2"], ["dinov2"]]
   both = jaxmetrics.evaluate(images, reference, metrics=("fd_dinov2", "fid"), **options)
+  # The DINOv2 entries are read; only Inception runs, over each source once.
+  assert [spaces for _, spaces in passes[2:]] == [["inception"], ["inception"]]
   assert both["cached"] == [False, False] and evaluation.cache_info()["entries"] == 4
   again = jaxmetrics.evaluate(images, reference, metrics=("fid", "fd_dinov2"), **options)
-  assert again["cached"] == [True, True]
+  assert again["cached"] == [True, True] and len(passes) == 4
   # Reading the cache is exact: the same float64 statistics, the same distances.
   assert (again["fid"], again["fd_dinov2"]) == (both["fid"], both["fd_dinov2"])
   assert again["fd_dinov2"] == first["fd_dinov2"]
+  # The Inception Score of the first source (2 splits: another Inception entry) needs nothing of
+  # the second, whose DINOv2 entry is read.
+  scored = jaxmetrics.evaluate(images, reference, metrics=("is", "fd_dinov2"), splits=2, **options)
+  assert scored["cached"] == [False, True]
+  assert passes[4:] == [("array(8, 32, 32, 3)", ["inception"])]
+  monkeypatch.setattr(evaluation, "_device_identity", lambda: ("gpu", "NVIDIA H100 80GB HBM3"))
+  assert jaxmetrics.evaluate(images, reference, metrics=("fid",), **options)["cached"] == [
+      False, False]
   monkeypatch.setattr(evaluation, "_version", lambda: "0.0.0-other")
-  other = jaxmetrics.evaluate(images, reference, metrics=("fid",), **options)
-  assert other["cached"] == [False, False]
+  assert jaxmetrics.evaluate(images, reference, metrics=("fid",), **options)["cached"] == [
+      False, False]
   info = evaluation.clear_cache()
-  assert info["entries"] == 6 and info["bytes"] > 0
+  assert info["entries"] == 9 and info["bytes"] > 0
   assert evaluation.cache_info()["entries"] == 0
 
 

@@ -99,7 +99,6 @@ def _no_weights(*args, **kwargs):
                    "each part's weights, and pass {key: params} as its parameters")
 
 
-@functools.lru_cache(maxsize=None)
 def combine(parts):
   """One :class:`FeatureNetwork` that runs several networks on the same images, in one step.
 
@@ -118,16 +117,26 @@ def combine(parts):
     ``input_size``), which ``forward`` cuts back into each part's image; this needs every part
     to have a host route.
   """
-  parts = tuple(parts)
+  try:
+    parts = tuple((key, network, resize) for key, network, resize in parts)
+  except (TypeError, ValueError):
+    raise InputError(f"parts: expected (key, network, resize) triples, got {parts!r}") from None
   keys = [key for key, _, _ in parts]
-  if not parts or len(set(keys)) != len(keys) or any("/" in key for key in keys):
-    raise InputError(f"parts: expected (key, network, resize) triples with distinct keys "
+  if not parts or len(set(keys)) != len(keys) or any(
+      not isinstance(key, str) or "/" in key for key in keys):
+    raise InputError(f"parts: expected (key, network, resize) triples with distinct string keys "
                      f"without '/', got keys {keys}")
-  for key, network, resize in parts:
+  for key, network, _ in parts:
     if not isinstance(network, FeatureNetwork):
       raise InputError(f"parts[{key!r}]: expected a FeatureNetwork, got "
                        f"{type(network).__name__}")
-    network.check_resize(resize)
+  # Each part's resize as it will run (None: its default): equal parts give the same instance.
+  return _combine(tuple((key, network, network.check_resize(resize))
+                        for key, network, resize in parts))
+
+
+@functools.lru_cache(maxsize=None)
+def _combine(parts):
   sizes = [network.input_size for _, network, _ in parts]
   host = all(size is not None and network.host_resize is not None
              for size, (_, network, _) in zip(sizes, parts))

@@ -1123,7 +1123,6 @@ def _network_name(config):
           f"-e{config.projection_dim}-cmmd")
 
 
-@functools.lru_cache(maxsize=None)
 def cmmd_network(config=VIT_L14_336, weights_name=CMMD_WEIGHTS):
   """CMMD's feature network for a CLIP of ``config`` (default ViT-L/14@336px), as a
   :class:`~jaxmetrics.networks.base.FeatureNetwork`; one instance per ``(config, weights_name)``.
@@ -1135,6 +1134,11 @@ def cmmd_network(config=VIT_L14_336, weights_name=CMMD_WEIGHTS):
   ``visual_projection``): ``load_weights_file`` reads a checkpoint as :func:`load` does (OpenAI
   archive, Hugging Face or OpenCLIP) and refuses one whose image tower is not ``config``'s.
   """
+  return _cmmd_network(config, weights_name)
+
+
+@functools.lru_cache(maxsize=None)
+def _cmmd_network(config, weights_name):
   name = _network_name(config)
 
   def forward(params, images, *, resize=CMMD_RESIZE, precision="highest", shards=1, mask=None,

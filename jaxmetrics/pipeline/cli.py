@@ -27,8 +27,9 @@ file). Errors print one line on stderr; ``--debug`` shows the traceback instead.
 On a machine without an accelerator the commands run JAX with one CPU device per core (set before
 JAX starts, unless ``XLA_FLAGS`` already forces a device count or ``JAX_PLATFORMS`` names another
 platform): the network then runs one image per core at a time, which measured faster than one
-device with every core (``benchmarks/results/scaling.md``). ``JAXMETRICS_CPU_DEVICES=N`` sets
-another count (1: JAX's own default).
+device with every core (``benchmarks/results/scaling.md``). Each device holds its own copy of the
+weights (0.1 GB for Inception, 1.2 GB per ViT-L), so the default stops at :data:`MAX_CPU_DEVICES`;
+``JAXMETRICS_CPU_DEVICES=N`` sets another count (1: JAX's own default).
 """
 
 import argparse
@@ -45,6 +46,7 @@ import numpy as np
 from jaxmetrics.checkpoints import weights
 from jaxmetrics._errors import InputError, JaxmetricsError
 from jaxmetrics._io import save_npz_atomic
+from jaxmetrics.networks.dinov2 import RESIZE_MODES as DINOV2_RESIZE_MODES
 from jaxmetrics.networks.resize import RESIZE_MODES
 
 
@@ -94,7 +96,7 @@ def _parser():
       command.add_argument("--dinov2", metavar="PATH",
                            help="DINOv2 ViT-L/14 checkpoint for the _dinov2 metrics: the torch hub "
                                 "dinov2_vitl14_pretrain.pth or a Hugging Face folder")
-      command.add_argument("--dinov2-resize", choices=_dinov2_resize_modes(), default="dgm-eval",
+      command.add_argument("--dinov2-resize", choices=DINOV2_RESIZE_MODES, default="dgm-eval",
                            help="dgm-eval: PIL bicubic to 224 (default); edm2: torch's "
                                 "antialiased bicubic; clean: clean-fid's float32 PIL bicubic")
       command.add_argument("--clip", metavar="NAME|PATH",
@@ -168,9 +170,6 @@ def _parser():
   cache.set_defaults(run=_cache)
   return parser
 
-
-def _dinov2_resize_modes():
-  return ("dgm-eval", "edm2", "clean")  # jaxmetrics.networks.dinov2.RESIZE_MODES, without JAX
 
 
 def _weights_options(parser):
@@ -448,6 +447,11 @@ def _cache(args):
   return 0
 
 
+MAX_CPU_DEVICES = 8
+"""The most CPU devices :func:`cpu_devices` makes by default (measured to help on 2 cores; each
+device replicates the weights)."""
+
+
 def cpu_devices():
   """One JAX CPU device per usable core, before JAX starts (module docstring): sets XLA_FLAGS
   unless a device count is forced there already, ``JAX_PLATFORMS`` names no CPU, or
@@ -470,8 +474,11 @@ def cpu_devices():
       raise InputError(f"JAXMETRICS_CPU_DEVICES: expected a positive integer, got {wanted!r}") \
           from None
   else:
-    count = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-  if not count or count == 1:
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    # Every device holds its own copy of each network's weights (0.1 GB for Inception, 1.2 GB
+    # for a ViT-L) and its own batch: the default stops at MAX_CPU_DEVICES.
+    count = min(cores or 1, MAX_CPU_DEVICES)
+  if count == 1:
     return None
   os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
   return count

@@ -144,9 +144,11 @@ class Needs:
 
   @classmethod
   def by_space(cls, metrics, first):
-    """``{space: Needs}`` of ``metrics``, for the spaces they use."""
+    """``{space: Needs}`` of ``metrics`` on one source, for the spaces it needs anything of (the
+    second source needs no Inception pass for the Inception Score of the first)."""
     spaces = dict.fromkeys(m.space for m in metrics)
-    return {space: cls.of([m for m in metrics if m.space == space], first) for space in spaces}
+    needs = {space: cls.of([m for m in metrics if m.space == space], first) for space in spaces}
+    return {space: need for space, need in needs.items() if need}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -378,8 +380,12 @@ class Evaluator:
       entry, cached = entries[space]
       if hits[space]:
         out[space] = cached
-      else:  # a new entry keeps what the old one had
-        todo[space] = need | cached.holds() if cached is not None else need
+      elif cached is not None and jax.process_count() == 1:
+        todo[space] = need | cached.holds()  # a new entry keeps what the old one had
+      else:
+        # With several processes each may hold another old entry, and the pass (its states and
+        # kept features are compiled in) must be the same program on every process.
+        todo[space] = need
     if todo:
       # A reference batch's images (guided-diffusion's arr_0), opened here and closed after.
       opened = sources.open_source(source, key="arr_0") if saved is not None else source
@@ -431,8 +437,8 @@ class Evaluator:
         source, params, network=network, states=states, batch_size=self._batch_size,
         resize=resize, precision=self.settings["precision"],
         num_samples=self.settings["num_samples"], keep_features=tuple(keep) or False,
-        split_size=self.settings["split_size"], image_size=self.settings["image_size"],
-        progress=self._progress)
+        split_size=self.settings["split_size"] if "inception" in needs else None,
+        image_size=self.settings["image_size"], progress=self._progress)
     if result.count < 2:
       raise InputError(f"{name}: expected at least 2 images for feature statistics, got "
                        f"{result.count}")
@@ -472,11 +478,11 @@ class Evaluator:
     settings = {key: self.settings[key] for key in ("precision", "num_samples", "image_size")}
     if space == "inception":
       settings.update(splits=self.settings["splits"], split_size=self.settings["split_size"])
-    device = jax.devices()[0]
+    backend, device_kind = _device_identity()
     # The space's own network name: the weights' sha256 identifies the checkpoint's architecture.
     settings.update(content=content, network=SPACES[space].name, weights=s.sha256, resize=s.resize,
-                    backend=device.platform, device_kind=device.device_kind,
-                    version=_version(), format=_CACHE_FORMAT)
+                    backend=backend, device_kind=device_kind, version=_version(),
+                    format=_CACHE_FORMAT)
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
     return cache_dir() / f"{key}.npz"
 
@@ -501,6 +507,12 @@ def clear_cache():
   if cache_dir().is_dir():
     shutil.rmtree(cache_dir())
   return info
+
+
+def _device_identity():
+  """``(platform, device kind)`` of the devices a pass runs on, for cache keys."""
+  device = jax.devices()[0]
+  return device.platform, device.device_kind
 
 
 def _version():
@@ -580,14 +592,16 @@ def evaluate(a, b=None, *, metrics=("fid",), params=None, weights=None, check_ha
   names = {m.name for m in chosen}
   if "is" in names:
     results["is_mean"], results["is_std"] = first["inception"].inception_score
-  if b is not None:
+  if b is not None and not needs[1][1]:  # e.g. metrics=("is",): nothing is needed of b
+    results["n2"], results["cached"] = _known_rows(b), results["cached"] + [False]
+  elif b is not None:
     second = evaluator.statistics(b, needs[1][1])
     results["n2"] = _count_of(second)
     results["cached"].append(all(s.cached for s in second.values()))
-    for m in chosen:
+    for m in (m for m in chosen if m.two_sources):
       one, two = first[m.space], second[m.space]
       if m.gaussian is not None:
-        _warn_if_few(m, evaluator.spaces[m.space].network, one, two)
+        _warn_if_few(m, one, two)
         results[m.name] = float(frechet_distance(*one.gaussians[m.gaussian],
                                                  *two.gaussians[m.gaussian]))
       elif m.name.startswith("kid"):
@@ -623,9 +637,9 @@ def _float64(rows):
 
 def _count_of(stats):
   """The image count of a source: the same in every space of one pass; ``None`` for saved
-  statistics."""
-  counts = {s.count for s in stats.values()}
-  return counts.pop() if len(counts) == 1 else max(c for c in counts if c is not None)
+  statistics (or when nothing was needed of the source)."""
+  counts = [s.count for s in stats.values() if s.count is not None]
+  return max(counts) if counts else None
 
 
 def _prefer_saved(stats, saved):
@@ -756,11 +770,11 @@ def _saved_names(saved):
   return [key for feature in saved.gaussians for key in SAVED_KEYS[feature]]
 
 
-def _warn_if_few(metric, network, *stats):
+def _warn_if_few(metric, *stats):
   """Warns, for a Fréchet distance, of a source with fewer samples than feature dimensions."""
-  dim = network.features[metric.gaussian]
   label = _LABELS.get(metric.name, metric.name)
   for s in stats:
+    dim = s.gaussians[metric.gaussian][0].shape[0]
     if s.count is not None and s.count < dim:
       warnings.warn(f"{s.name}: {s.count} samples is fewer than the {dim} feature dimensions: the "
                     f"covariance is singular and {label} is strongly biased upwards; use 10,000 or "
@@ -809,7 +823,8 @@ def _saved_statistics(source, network):
       mu, sigma = load_stats(path, keys=(mu_key, sigma_key))
       if mu.shape != (network.features[feature],):
         raise InputError(f"{path}: expected {mu_key} of the {network.features[feature]}-d "
-                         f"{feature} features, got {mu_key} of shape {mu.shape}")
+                         f"{feature} features, got {mu_key} of shape {mu.shape} (saved "
+                         "statistics serve the Inception space only)")
       gaussians[feature] = (mu, sigma)
   return SourceStatistics(os.fspath(source), None, gaussians), "arr_0" in files
 
