@@ -24,7 +24,6 @@ Writes ``benchmarks/results/cmmd_kernel.json`` and ``.md``.
 import argparse
 import json
 import os
-import pathlib
 import subprocess
 import sys
 import time
@@ -33,7 +32,8 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import numpy as np  # noqa: E402
 
-RESULTS = pathlib.Path(__file__).resolve().parent / "results"
+import _results  # noqa: E402  (beside this file)
+
 # Moves the second set's mean by ~0.2 (unit vectors): CMMD ~0.5, inside the 0.1..5 range the
 # paper reports between generators.
 OFFSET = 5.0
@@ -51,13 +51,6 @@ def numpy_cmmd(x, y):
   gamma = 1.0 / 200.0
   k = lambda a, b: np.exp(-gamma * (-2 * a @ b.T + (a * a).sum(1)[:, None] + (b * b).sum(1)[None]))
   return 1000.0 * (k(x, x).mean() + k(y, y).mean() - 2 * k(x, y).mean())
-
-
-def peak_rss_mb():
-  for line in pathlib.Path("/proc/self/status").read_text().splitlines():
-    if line.startswith("VmHWM:"):
-      return int(line.split()[1]) / 1024
-  return float("nan")
 
 
 def timed(fn):
@@ -87,11 +80,11 @@ def one_size(n):
 def large(n):
   import jaxmetrics
   x, y = embeddings(0, n), embeddings(1, n, offset=OFFSET)
-  before = peak_rss_mb()
+  before = _results.memory_mb()["peak"]
   _, first = timed(lambda: float(jaxmetrics.cmmd(x, y)))
   value, second = timed(lambda: float(jaxmetrics.cmmd(x, y)))
   return {"n": n, "d": x.shape[1], "jaxmetrics_float32": value, "first_call_s": first,
-          "second_call_s": second, "rss_before_mb": before, "peak_rss_mb": peak_rss_mb(),
+          "second_call_s": second, "rss_before_mb": before, "peak_rss_mb": _results.memory_mb()["peak"],
           "embeddings_mb": 2 * x.nbytes / 2**20}
 
 
@@ -113,9 +106,10 @@ def main():
                          capture_output=True, text=True).stdout
     big = json.loads(out.strip().splitlines()[-1])
     print(big)
-  RESULTS.mkdir(exist_ok=True)
-  (RESULTS / "cmmd_kernel.json").write_text(json.dumps({"sizes": rows, "large": big}, indent=2))
-  lines = ["| N + N (d = 768) | CMMD (float64) | jaxmetrics float32: error, time | cmmd's "
+  machine = _results.machine(load_average_before=os.getloadavg())
+  lines = ["# CMMD kernel: float32 error and time against cmmd's own arithmetic", "",
+           _results.describe(machine), "",
+           "| N + N (d = 768) | CMMD (float64) | jaxmetrics float32: error, time | cmmd's "
            "arithmetic (clip-mmd, torch float32): error, time |", "|---|---|---|---|"]
   for r in rows:
     lines.append(f"| {r['n']} | {r['cmmd_float64']:.6f} | {r['jaxmetrics_float32_error']:.1e}, "
@@ -127,8 +121,8 @@ def main():
                  f"({big['first_call_s']:.1f} s with compilation), peak RSS "
                  f"{big['peak_rss_mb']:.0f} MB ({big['rss_before_mb']:.0f} MB before; embeddings "
                  f"{big['embeddings_mb']:.0f} MB).")
-  (RESULTS / "cmmd_kernel.md").write_text("\n".join(lines) + "\n")
-  print("\n".join(lines))
+  _results.write("cmmd_kernel", {"machine": machine, "sizes": rows, "large": big},
+                 "\n".join(lines))
 
 
 if __name__ == "__main__":
