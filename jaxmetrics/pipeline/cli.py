@@ -219,8 +219,8 @@ def _features(args):
 
   if args.output and not os.path.isdir(os.path.dirname(os.path.abspath(args.output))):
     raise InputError(f"--output {args.output}: its folder does not exist")
-  source = sources.open_source(args.source, image_size=args.image_size,
-                               input_size=inception.NETWORK.input_size, resize=args.resize)
+  source = sources.open_source(args.source, image_size=args.image_size, network=inception.NETWORK,
+                               resize=args.resize)
   try:
     params = inception.load_params(args.weights, check_hash=args.check_hash, progress=not args.quiet)
     start = time.perf_counter()

@@ -292,6 +292,8 @@ class FolderSource(Source):
       raise InputError(f"{folder}: images of several sizes, {found}: resizing them on the host "
                        f"needs one of {', '.join(_resize.RESIZE_MODES)}, got resize={resize!r}; "
                        "pass image_size=(H, W) to fit them to one size")
+    if self._host_resize is None:  # a mode of jaxmetrics.networks.resize, checked above
+      self._host_resize = functools.partial(_resize.host_resize, size=input_size, mode=resize)
     self.host_resize = (input_size, resize)
     return input_size[0], input_size[1], None
 
@@ -316,11 +318,7 @@ class FolderSource(Source):
       # [0, 1] floats, as the Source contract has them; the device's ×255 restores the 0..255
       # values to within 2 float32 roundings (≤ 255 · 2⁻²³), and its resize to the size they
       # have is the identity.
-      if self._host_resize is not None:
-        pixels = self._host_resize(image)
-      else:
-        pixels = _resize.host_resize(image, (height, width), self.host_resize[1])
-      return pixels / np.float32(255.0)
+      return self._host_resize(image) / np.float32(255.0)
     if image.shape[:2] == (height, width):
       return image
     if self._fit:
