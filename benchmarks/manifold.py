@@ -29,6 +29,16 @@ torch-fidelity should agree, prdc's use k = 5 and ``<`` and differ; density/cove
 and prdc should agree (up to pairs within float32 round-off of a radius, see
 ``tests/test_manifold.py``).
 
+Beside each jaxmetrics row, ``products_s``: the time its tiles' matrix products alone would take
+(one ``block × block × d`` product timed in the same process, times the number of tiles of the
+three passes). No implementation of these exact float32 metrics does fewer products, so
+``prdc / products_s`` is the largest speed-up over prdc this machine allows.
+
+``--selection`` instead times the k-NN passes' running selection (``manifold._smallest``) on a
+1024² tile of real distances: ``lax.top_k`` of whole rows and columns against the chunked search
+for chunks of 8–64, and a whole k-NN pass of ``--selection-n`` rows with and without chunks
+(``knn_selection.json``/``.md``).
+
 Writes ``benchmarks/results/manifold.json`` and ``.md`` (``--out`` to rename).
 """
 
@@ -102,6 +112,7 @@ def _child(library, n):
     row["seconds"] = time.perf_counter() - start
     row.update(precision=result.precision, recall=result.recall, density=result.density,
                coverage=result.coverage)
+    row.update(_products(manifold, n))
   elif library == "prdc":
     out = prdc.compute_prdc(real_features=reference, fake_features=generated, nearest_k=5)
     row["seconds"] = time.perf_counter() - start
@@ -114,6 +125,70 @@ def _child(library, n):
     row.update(precision=out["precision"], recall=out["recall"])
   row["peak_rss_mb"] = _status()["VmHWM"]
   print("RESULT " + json.dumps(row), flush=True)
+
+
+def _best_of(f, *args, repeats=5):
+  """Seconds of the fastest of ``repeats`` calls of ``f(*args)``, after one to compile."""
+  import jax  # pylint: disable=g-import-not-at-top
+  jax.block_until_ready(f(*args))
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(f(*args))
+    times.append(time.perf_counter() - start)
+  return min(times)
+
+
+def _products(manifold, n):
+  """The tiles' products of ``manifold_metrics`` on ``n + n`` rows, one device: their number (the
+  two symmetric k-NN passes compute ``T(T + 1)/2`` tiles each, the cross pass ``T²``, for ``T``
+  row blocks) times the time of one tile's product at ``Precision.HIGHEST``."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  mesh = manifold._check_mesh(None)  # pylint: disable=protected-access
+  block = manifold._block(n, mesh, None)  # pylint: disable=protected-access
+  blocks = -(-n // block)
+  tiles = blocks * (blocks + 1) + blocks * blocks
+  a = jnp.asarray(_features(block, D, seed=3))
+  b = jnp.asarray(_features(block, D, seed=4))
+  product = jax.jit(lambda a, b: jax.lax.dot_general(
+      a, b, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST))
+  tile_s = _best_of(product, a, b)
+  return {"block": block, "tiles": tiles, "tile_product_s": tile_s, "products_s": tiles * tile_s,
+          "gmac_per_s": block * block * D / tile_s / 1e9}
+
+
+def selection(n):
+  """Times of the k-NN selection, per tile and for a whole pass (module docstring)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from jaxmetrics.metrics import manifold  # pylint: disable=g-import-not-at-top
+  kk = 6  # density/coverage's k = 5, plus the point itself
+  x = jnp.asarray(_features(2048, D, seed=1))
+  sq = manifold._sq_norms(x)  # pylint: disable=protected-access
+  tile = manifold._sq_distances(x[:1024], sq[:1024], x[1024:], sq[1024:])  # pylint: disable=protected-access
+  best = jnp.asarray(np.sort(np.asarray(tile[:, :kk]), axis=1))
+  smallest = jax.jit(manifold._smallest, static_argnums=(2, 3), static_argnames="columns")  # pylint: disable=protected-access
+  updates = [{"chunk": chunk, "rows_ms": 1e3 * _best_of(lambda b, t: smallest(b, t, kk, chunk), best, tile),
+            "columns_ms": 1e3 * _best_of(
+                lambda b, t: smallest(b, t, kk, chunk, columns=True), best, tile)}
+           for chunk in (None, 8, 16, 32, 64)]
+  features = _features(n, D, seed=2)
+  passes = []
+  chunks = manifold._CHUNK  # pylint: disable=protected-access
+  try:
+    for chunk in (None, chunks["cpu"]):
+      manifold._CHUNK = {} if chunk is None else {"cpu": chunk}  # pylint: disable=protected-access
+      manifold._radii.clear_cache()  # pylint: disable=protected-access
+      seconds = _best_of(lambda f: manifold.knn_radii(f, 5), features, repeats=2)
+      passes.append({"chunk": chunk, "seconds": seconds})
+  finally:
+    manifold._CHUNK = chunks  # pylint: disable=protected-access
+  products = _products(manifold, n)
+  t = -(-n // products["block"])  # row blocks: one k-NN pass computes t(t + 1)/2 tiles
+  return {"kk": kk, "n": n, "updates": updates, "passes": passes,
+          "pass_products_s": t * (t + 1) // 2 * products["tile_product_s"], **products}
 
 
 def _run_child(library, n):
@@ -152,22 +227,48 @@ def markdown(result):
            "high-water mark, `before` its resident size once libraries and features were loaded. "
            "jaxmetrics and prdc compute all four metrics, torch-fidelity precision/recall only. "
            "prdc's precision/recall use its k = 5 and `<`, not ADM's k = 3 and `<=`.", "",
-           "| N | library | time (s) | first call (s) | speed-up vs prdc | peak RSS (MB) | "
-           "before (MB) | precision | recall | density | coverage |",
-           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+           "`products (s)`: the time the jaxmetrics row's matrix products alone take (tiles × one "
+           "tile's product, timed in its process); `prdc ÷ products` is then the largest speed-up "
+           "over prdc that any implementation of these float32 products can reach here.", "",
+           "| N | library | time (s) | first call (s) | speed-up vs prdc | products (s) | "
+           "prdc ÷ products | peak RSS (MB) | before (MB) | precision | recall | density | "
+           "coverage |",
+           "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
   prdc_times = {r["n"]: r["seconds"] for r in result["rows"]
                 if r["library"] == "prdc" and "seconds" in r}
   for r in result["rows"]:
     if "error" in r:
-      lines.append(f"| {r['n']} | {r['library']} | {r['error']} | | | | | | | | |")
+      lines.append(f"| {r['n']} | {r['library']} | {r['error']} | | | | | | | | | | |")
       continue
-    speedup = prdc_times.get(r["n"])
-    speedup = f"{speedup / r['seconds']:.1f}x" if speedup else ""
+    prdc_s = prdc_times.get(r["n"])
+    speedup = f"{prdc_s / r['seconds']:.2f}x" if prdc_s else ""
+    ceiling = f"{prdc_s / r['products_s']:.2f}x" if prdc_s and "products_s" in r else ""
     lines.append(
         f"| {r['n']} | {r['library']} | {r['seconds']:.2f} | {_fmt(r.get('first_call_s'), '.2f')} "
-        f"| {speedup} | {r['peak_rss_mb']:.0f} | {r['rss_before_mb']:.0f} "
+        f"| {speedup} | {_fmt(r.get('products_s'), '.2f')} | {ceiling} "
+        f"| {r['peak_rss_mb']:.0f} | {r['rss_before_mb']:.0f} "
         f"| {_fmt(r.get('precision'), '.4f')} | {_fmt(r.get('recall'), '.4f')} "
         f"| {_fmt(r.get('density'), '.4f')} | {_fmt(r.get('coverage'), '.4f')} |")
+  return "\n".join(lines)
+
+
+def selection_markdown(result):
+  import _results  # pylint: disable=g-import-not-at-top  (beside this file)
+  r = result["selection"]
+  lines = ["# k-NN passes: the running selection of the k + 1 smallest distances", "",
+           _results.describe(result["machine"]), "",
+           f"One CPU device. Per 1024² tile of squared distances (d = {D}), the update of the "
+           f"{r['kk']} smallest per row (per column: the transposed update of the symmetric "
+           "pass), fastest of 5: `lax.top_k` of the whole rows (chunk: none) or of the chunks "
+           f"with the smallest minima (`manifold._smallest`).", "",
+           "| chunk | rows (ms) | columns (ms) |", "|---|---:|---:|"]
+  lines += [f"| {t['chunk'] or 'none (lax.top_k)'} | {t['rows_ms']:.2f} | {t['columns_ms']:.2f} |"
+            for t in r["updates"]]
+  lines += ["", f"A whole k-NN pass (`knn_radii(features, 5)`) of {r['n']} rows, tiles of "
+            f"{r['block']} rows, fastest of 2; its products alone take "
+            f"{r['pass_products_s']:.2f} s ({r['gmac_per_s']:.0f} G multiply-adds/s).", "",
+            "| chunk | time (s) |", "|---|---:|"]
+  lines += [f"| {p['chunk'] or 'none (lax.top_k)'} | {p['seconds']:.2f} |" for p in r["passes"]]
   return "\n".join(lines)
 
 
@@ -186,9 +287,18 @@ def main():
                            "recorded, when that exceeds the machine's memory)")
   parser.add_argument("--out", default="manifold",
                       help="results file name in benchmarks/results, without extension")
+  parser.add_argument("--selection", action="store_true",
+                      help="time the k-NN selection instead (knn_selection.json)")
+  parser.add_argument("--selection-n", type=int, default=10000)
   args = parser.parse_args()
   os.environ.pop("XLA_FLAGS", None)  # the machine record describes the children's one device
   import _results  # pylint: disable=g-import-not-at-top
+  if args.selection:
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    result = {"selection": selection(args.selection_n)}
+    result["machine"] = _results.machine(load_average_before=os.getloadavg())
+    _results.write("knn_selection", result, selection_markdown(result))
+    return
   rows = [_run_child(library, n) for n in args.sizes for library in args.libraries]
   if args.large:
     for library in args.large_libraries:

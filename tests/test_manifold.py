@@ -235,6 +235,48 @@ def test_knn_radii_match_partition(devices, block_size):
                                   expected)
 
 
+@pytest.mark.parametrize("columns", [False, True])
+def test_chunked_selection_is_exact(columns):
+  # The CPU k-NN passes search only the k chunks of 16 with the smallest minima. Values drawn from
+  # 0..40 with +inf sprinkled in (padding) make ties within and across chunks and whole chunks of
+  # inf: the kept values must still be exactly the k smallest of the running best and the row
+  # (the column when ``columns``), as a full sort gives them.
+  rng = np.random.default_rng(0)
+  tile = rng.integers(0, 40, (192, 256)).astype(np.float32)
+  tile[rng.random(tile.shape) < 0.3] = np.inf
+  tile[:, 32:48] = np.inf  # an all-inf chunk
+  lines = tile.T if columns else tile
+  for kk in (1, 2, 6):
+    best = np.sort(rng.integers(0, 40, (lines.shape[0], kk)).astype(np.float32), axis=1)
+    best[::5] = np.inf  # rows seen for the first time
+    expected = np.sort(np.concatenate([best, lines], axis=1), axis=1)[:, :kk]
+    for chunk in (16, None):
+      got = jax.jit(manifold._smallest, static_argnums=(2, 3), static_argnames="columns")(
+          best, tile, kk, chunk, columns=columns)
+      np.testing.assert_array_equal(got, expected)
+
+
+def test_chunked_passes_match_peers(capsys):
+  # Tiles of 192 rows (12 chunks of 16) on 2 devices: the chunked k-NN passes run (asserted), with
+  # padding in the last tile of each device (601 and 487 rows padded to 768), on exact arithmetic,
+  # so radii and counts must equal the float64 references exactly.
+  generated, reference = _quantised(601, 64, seed=1, shift=0.08), _quantised(487, 64, seed=2)
+  reference[400:420] = reference[:20]  # duplicates: radii of 0 at k = 1, ties across tiles
+  _assert_exact_arithmetic(generated, reference)
+  mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+  assert manifold._chunk(192, 4, mesh) == manifold._chunk(192, 6, mesh) == 16
+  for k in (1, 3, 5):
+    np.testing.assert_array_equal(
+        manifold.knn_radii(reference, k, block_size=192, mesh=mesh),
+        np.partition(_sq_distances(reference, reference), k, axis=1)[:, k])
+  result = manifold.manifold_metrics(generated, reference, block_size=192, mesh=mesh)
+  inside, ref_inside, balls, covered = _counts(result)
+  assert (inside, ref_inside) == _adm(generated, reference, 3)
+  peer = _prdc(generated, reference, 5)
+  assert (balls, covered) == (peer["density_total"], peer["coverage"])
+  capsys.readouterr()
+
+
 def test_jax_inputs_and_no_recompilation():
   generated, reference = _quantised(100, 64, seed=8), _quantised(90, 64, seed=9)
   expected = manifold.precision_recall(generated, reference)

@@ -57,16 +57,20 @@ of every process), the other set is replicated, and each device walks its rows i
 density) and per column block the "inside some query's ball" flags (recall) and nearest distance
 (coverage), combined over devices with ``pmax``/``pmin``. The two k-NN passes use that a set's
 distances to itself are symmetric: the tile of blocks ``I < J`` is computed once and updates the
-running ``lax.top_k`` of the ``k + 1`` smallest distances of both ``I``'s rows and ``J``'s, so a
-k-NN pass does half the products of a full one (row blocks are dealt to the devices cyclically so
-that each gets the same share of tiles). A transposed tile holds ``‖u‖² − 2u·v + ‖v‖²`` with the
-roles of ``u`` and ``v`` swapped, which can round differently in the last bit; like every other
-rounding difference from the peers, that decides a result only for a distance within float32
-round-off of a radius. Both sets are padded to a multiple of ``block × devices`` rows; padded
-points are never anyone's neighbour (their distances are +inf), their balls have radius −inf and
-padded queries are masked out of every column result. Counts are int32 on the device and the
-fractions are formed on the host from exact integer counts, in the peers' order of operations
-(density as prdc's ``(1/k) · mean``). One compilation per (shapes, k, block, mesh).
+running ``k + 1`` smallest distances of both ``I``'s rows and ``J``'s, so a k-NN pass does half
+the products of a full one (row blocks are dealt to the devices cyclically so that each gets the
+same share of tiles). The update is a ``lax.top_k``; on a CPU, where its cost is per value sorted,
+it sorts only the ``k + 1`` chunks of 16 values of each tile row with the smallest minima, which
+is exact (:func:`_smallest`). A transposed tile holds ``‖u‖² − 2u·v + ‖v‖²`` with the roles of
+``u`` and ``v`` swapped, which can round differently in the last bit; like every other rounding
+difference from the peers, that decides a result only for a distance within float32 round-off of
+a radius. Both sets are padded to a multiple of ``block × devices`` rows (the default block is
+sized to keep that padding small, :func:`_tile_rows`); padded points are never anyone's neighbour
+(their distances are +inf), their balls have radius −inf and padded queries are masked out of
+every column result. Counts are int32 on the device and the fractions are formed on the host from
+exact integer counts, in the peers' order of operations (density as prdc's ``(1/k) · mean``). One
+compilation per (shapes, k, block, mesh). Time and memory against prdc and torch-fidelity:
+``benchmarks/manifold.py``.
 """
 
 import dataclasses
@@ -89,6 +93,12 @@ _HIGHEST = jax.lax.Precision.HIGHEST
 # enough for the BLAS kernels; accelerators want larger tiles to fill their cores (4096: 64 MB).
 _DEFAULT_BLOCK = {"cpu": 1024}
 _DEFAULT_BLOCK_ACCELERATOR = 4096
+# Default tiles are whole multiples of _ALIGN rows once they have _ALIGN_FROM rows (_tile_rows).
+_ALIGN = 16
+_ALIGN_FROM = 256
+# Chunk of a tile row that the CPU k-NN passes select by (_smallest): the fastest of 8, 16, 32 and
+# 64 on 1024² tiles (``benchmarks/manifold.py --selection``).
+_CHUNK = {"cpu": 16}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +169,9 @@ def precision_recall(generated, reference, *, k=3, block_size=None, mesh=None):
     reference: float array ``(N_ref, d)``, features of the real data (ADM's ``activations_ref``,
       torch-fidelity's ``features_2``); ``N_ref > k``.
     k: neighbourhood size: a ball's radius is the distance to the k-th nearest other point.
-    block_size: rows and columns per distance tile (default 1024 on CPU, 4096 on accelerators;
-      smaller for small sets). Changes speed and memory, never the result.
+    block_size: rows and columns per distance tile (default: at most 1024 on CPU, 4096 on
+      accelerators, sized to pad each device's rows little; smaller for small sets). Changes
+      speed and memory, never the result.
     mesh: a 1-D :class:`jax.sharding.Mesh` whose devices share the query rows; default every
       device of every process.
 
@@ -338,10 +349,28 @@ def _replicated(x, mesh):
 
 
 def _block(n, mesh, block_size):
-  """Rows per tile: the requested size, but no more than one device's share of ``n``."""
-  if block_size is None:
-    block_size = _DEFAULT_BLOCK.get(jax.default_backend(), _DEFAULT_BLOCK_ACCELERATOR)
-  return int(min(block_size, -(-n // mesh.size)))
+  """Rows per tile for a set of ``n`` rows shared by the devices of ``mesh``."""
+  return _tile_rows(-(-n // mesh.size), block_size)
+
+
+def _tile_rows(rows, block_size):
+  """Rows per tile for one device's ``rows`` rows.
+
+  An explicit ``block_size`` is used as given, capped at ``rows``. The default (1024 on CPU, 4096
+  on accelerators) is a bound: the rows are split into the fewest tiles of at most that size, of
+  equal size, rounded up to a multiple of ``_ALIGN`` (16) rows from ``_ALIGN_FROM`` (256) rows on.
+  Padding costs products of zero rows: 10 000 rows in tiles of 1024 pad to 10 240 (5% more
+  products), in tiles of 1008 to 10 080 (0.8%). Whole chunks of 16 rows let the k-NN passes select
+  by chunk (:func:`_smallest`); 16 rows of padding on a 256-row tile are at most 6% of it.
+  """
+  if block_size is not None:
+    return int(min(block_size, rows))
+  limit = _DEFAULT_BLOCK.get(jax.default_backend(), _DEFAULT_BLOCK_ACCELERATOR)
+  tiles = -(-rows // limit)
+  block = -(-rows // tiles)
+  if block >= _ALIGN_FROM:
+    block = -(-block // _ALIGN) * _ALIGN  # <= limit: the limits are multiples of _ALIGN
+  return int(block)
 
 
 # ----------------------------------------------------------------------------------- kernels ---
@@ -383,13 +412,44 @@ def _varying(x, axis):
   return jax.lax.pcast(x, axis, to="varying")
 
 
-def _top(best, candidates, kk):
-  """The ``kk`` smallest of each row of ``best`` and ``candidates`` together, ascending."""
-  negated, _ = jax.lax.top_k(-jnp.concatenate([best, candidates], axis=1), kk)
+def _smallest(best, tile, kk, chunk, *, columns=False):
+  """The ``kk`` smallest values of each row of ``best`` together with the same row of ``tile``
+  (with the same column of ``tile`` when ``columns``), ascending: a running k-NN update.
+
+  With ``chunk``, each row of the tile is cut into chunks of ``chunk`` values and only the ``kk``
+  chunks with the smallest minima are searched. That is exact: a value ``e`` of any other chunk
+  ``D`` is ``>= min(D) >=`` each of the ``kk`` chosen minima, so at least ``kk`` searched values
+  are ``<= e`` and ``e`` can only tie with what is kept, never displace it. ``lax.top_k`` then
+  sorts ``kk · chunk`` candidates per row instead of the whole tile row (on a CPU its cost is per
+  value, and the minima are one vectorised pass).
+  """
+  if chunk is None:
+    rows = tile.T if columns else tile
+  elif columns:
+    n, m = tile.shape
+    chunks = tile.reshape(n // chunk, chunk, m)
+    _, picks = jax.lax.top_k(-jnp.min(chunks, axis=1).T, kk)  # (m, kk) chunk numbers
+    rows = chunks[picks, :, jnp.arange(m)[:, None]].reshape(m, kk * chunk)
+  else:
+    n, m = tile.shape
+    chunks = tile.reshape(n, m // chunk, chunk)
+    _, picks = jax.lax.top_k(-jnp.min(chunks, axis=2), kk)
+    rows = jnp.take_along_axis(chunks, picks[:, :, None], axis=1).reshape(n, kk * chunk)
+  negated, _ = jax.lax.top_k(-jnp.concatenate([best, rows], axis=1), kk)
   return -negated
 
 
-def _smallest_symmetric(q, q_sq, q_valid, c, c_sq, c_valid, *, kk, block, axis):
+def _chunk(block, kk, mesh):
+  """The chunk :func:`_smallest` selects by for ``block``-row tiles on ``mesh``, or ``None``: on
+  CPUs only (the one platform it was measured on), for tiles of whole chunks, at least ``2·kk`` of
+  them (else most of the row would be searched anyway)."""
+  chunk = _CHUNK.get(mesh.devices.flat[0].platform)
+  if chunk is None or block % chunk or block // chunk < 2 * kk:
+    return None
+  return chunk
+
+
+def _smallest_symmetric(q, q_sq, q_valid, c, c_sq, c_valid, *, kk, block, chunk, axis):
   """One device's share of the k-NN pass of a set against itself, each tile computed once.
 
   ``q`` holds this device's row blocks, ``c`` the whole set (replicated). The distances between
@@ -415,12 +475,12 @@ def _smallest_symmetric(q, q_sq, q_valid, c, c_sq, c_valid, *, kk, block, axis):
       best, col_best = carry
       cb, cb_sq, cb_valid = (jax.lax.dynamic_index_in_dim(a, j, keepdims=False) for a in cols)
       d2 = _sq_distances(qb, qb_sq, cb, cb_sq)
-      best = _top(best, jnp.where(cb_valid[None, :], d2, jnp.inf), kk)
+      best = _smallest(best, jnp.where(cb_valid[None, :], d2, jnp.inf), kk, chunk)
       # The diagonal tile is already in both of its blocks' rows: no transposed update.
-      transposed = jnp.where(qb_valid[None, :] & (j > g), d2.T, jnp.inf)
+      others = jnp.where(qb_valid[:, None] & (j > g), d2, jnp.inf)
       current = jax.lax.dynamic_slice_in_dim(col_best, j * block, block)
       col_best = jax.lax.dynamic_update_slice_in_dim(
-          col_best, _top(current, transposed, kk), j * block, axis=0)
+          col_best, _smallest(current, others, kk, chunk, columns=True), j * block, axis=0)
       return best, col_best
 
     def step(carry, j):
@@ -455,7 +515,8 @@ def _knn(x, x_valid, *, kk, block, mesh):
     return a.reshape(devices, local, block, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape)
 
   x_sq = _sq_norms(x)
-  body = functools.partial(_smallest_symmetric, kk=kk, block=block, axis=axis)
+  body = functools.partial(_smallest_symmetric, kk=kk, block=block,
+                           chunk=_chunk(block, kk, mesh), axis=axis)
   rows, cols = jax.shard_map(
       body, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P(), P(), P()),
       out_specs=(P(axis), P(axis)))(deal(x), deal(x_sq), deal(x_valid), x, x_sq, x_valid)

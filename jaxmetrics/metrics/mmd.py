@@ -63,7 +63,11 @@ from jax.sharding import PartitionSpec as P
 
 from jaxmetrics._errors import InputError
 from jaxmetrics.metrics import _float64
-from jaxmetrics.metrics.manifold import _check_block_size, _check_mesh, _replicated
+# The tiles' default size (1024 rows on CPU, 4096 on accelerators) and checks are manifold's.
+from jaxmetrics.metrics.manifold import _check_block_size
+from jaxmetrics.metrics.manifold import _check_mesh
+from jaxmetrics.metrics.manifold import _replicated
+from jaxmetrics.metrics.manifold import _tile_rows
 
 SIGMA = 10.0
 """cmmd's ``_SIGMA``: the bandwidth of the Gaussian RBF kernel."""
@@ -71,10 +75,6 @@ SCALE = 1000.0
 """cmmd's ``_SCALE``: MMD² is multiplied by it "to make the metric more human readable"."""
 
 _HIGHEST = jax.lax.Precision.HIGHEST
-# As jaxmetrics.metrics.manifold: a 1024² float32 tile (4 MB) keeps a CPU step's temporaries small
-# and its product large enough for the BLAS kernels; accelerators want larger tiles (64 MB).
-_DEFAULT_BLOCK = {"cpu": 1024}
-_DEFAULT_BLOCK_ACCELERATOR = 4096
 # Tiles per sum: K_XX, K_YY and K_XY.
 _XX, _YY, _XY = 0, 1, 2
 
@@ -170,10 +170,9 @@ def _nonfinite_rows(x):
 
 
 def _block(n, m, mesh, block_size):
-  """Rows per tile: the requested size, but small sets get at least ~one tile per device."""
-  if block_size is None:
-    block_size = _DEFAULT_BLOCK.get(jax.default_backend(), _DEFAULT_BLOCK_ACCELERATOR)
-  return int(max(1, min(block_size, -(-max(n, m) // mesh.size))))
+  """Rows per tile: the requested size, but small sets get at least ~one tile per device, and the
+  default size is balanced so that the larger set is padded little (manifold's ``_tile_rows``)."""
+  return _tile_rows(-(-max(n, m) // mesh.size), block_size)
 
 
 @functools.lru_cache(maxsize=64)
