@@ -60,6 +60,11 @@ def _write_set(path, seed, n, size):
 
 
 def _jaxmetrics(args):
+  # As the ``jaxmetrics`` command starts: on a machine without an accelerator, one JAX CPU device
+  # per core (``cli.cpu_devices``), set before JAX is imported. The Python API alone would run on
+  # XLA's one CPU device; ``JAXMETRICS_CPU_DEVICES=1`` measures that.
+  from jaxmetrics.pipeline import cli
+  cli.cpu_devices()
   import jaxmetrics
   from jaxmetrics.networks import inception
   params = inception.load_params(args.checkpoint, check_hash=False, progress=False)
@@ -142,9 +147,14 @@ def _child(args):
   if isinstance(fid, dict):  # pytorch-fid: the FID and what its code raised on the way
     fid, note = fid["fid"], fid["note"]
   label = args.child + (f", precision={args.precision}" if args.precision else "")
+  cpu_devices = None
+  if args.child == "jaxmetrics":
+    import jax
+    cpu_devices = jax.device_count() if jax.default_backend() == "cpu" else None
   print(json.dumps({"library": label, "fid": fid, "wall_s": wall,
                     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                    "peak_device_mb": _peak_device_mb(args.child), "note": note}))
+                    "peak_device_mb": _peak_device_mb(args.child), "note": note,
+                    "cpu_devices": cpu_devices}))
 
 
 def _report(args, rows, meta):
@@ -166,7 +176,8 @@ def _report(args, rows, meta):
       "checkpoint. jaxmetrics runs at its default precision (\"highest\", full float32) and the "
       "peers as torch runs them by default"
       + (" (TF32 cuDNN convolutions)" if gpu else "") + ", unless the row names a precision "
-      "(\"highest\": TF32 off). " + f"Command: `{command}`.",
+      "(\"highest\": TF32 off). On a CPU jaxmetrics starts as the `jaxmetrics` command does, with "
+      "one JAX device per core (`cli.cpu_devices`). " + f"Command: `{command}`.",
       "",
       "| library | wall time (s) | images/s | vs torch-fidelity | peak RSS (MB) |"
       + (" peak GPU (MB) |" if gpu else "") + " FID |",
@@ -177,7 +188,9 @@ def _report(args, rows, meta):
     device = f" {r['peak_device_mb']:.0f} |" if gpu else ""
     fid = r["fid"] if isinstance(r["fid"], str) else f"{r['fid']:.6f}"
     fid += f" ({r['note']})" if r.get("note") else ""
-    lines.append(f"| {r['library']} | {r['wall_s']:.1f} | {2 * args.n / r['wall_s']:.2f} | "
+    devices = r.get("cpu_devices")
+    name = r["library"] + (f" ({devices} CPU devices)" if devices and devices > 1 else "")
+    lines.append(f"| {name} | {r['wall_s']:.1f} | {2 * args.n / r['wall_s']:.2f} | "
                  f"{speed} | {r['peak_rss_mb']:.0f} |{device} {fid} |")
   fids = {r["library"]: r["fid"] for r in rows if isinstance(r["fid"], float)}
   # Parity is jaxmetrics at "highest" against a peer computing float32 too: on a GPU that is the

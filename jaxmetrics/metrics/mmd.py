@@ -27,8 +27,8 @@ How it is evaluated, and why:
   ``i ≤ j`` only for the symmetric ``K_XX`` and ``K_YY`` (off-diagonal tiles counted twice), every
   tile of ``K_XY`` — dealt round-robin to the devices, each of which walks its share with
   ``lax.scan``, one tile's temporaries at a time. Memory per device: both sets
-  (``(n + m)·d`` values) plus a few ``block²`` tiles (default block 1024 on CPU, 4096 on
-  accelerators: 4 MB / 64 MB float32 tiles). One compilation per (shapes, dtype, block, mesh);
+  (``(n + m)·d`` values) plus a few ``block²`` tiles (default block at most 1024 on CPU, 4096 on
+  accelerators: 4 MB / 64 MB float32 tiles, sized to pad the larger set little). One compilation per (shapes, dtype, block, mesh);
   σ and scale are arguments, not constants of the compiled code.
 * **float64 in, float64 out** (:mod:`jaxmetrics.metrics._float64`): if either input is a concrete
   float64 array, both are widened and the tiles are computed in float64 under
@@ -89,8 +89,9 @@ def cmmd(x, y, *, block_size=None, mesh=None):
   Args:
     x: float array ``(n, d)``, NumPy or ``jax.Array``, ``n >= 1``.
     y: float array ``(m, d)``, ``m >= 1``.
-    block_size: rows and columns per kernel tile (default 1024 on CPU, 4096 on accelerators;
-      smaller for small sets). Changes speed, memory and round-off, not the value.
+    block_size: rows and columns per kernel tile (default at most 1024 on CPU, 4096 on
+      accelerators, sized to pad the larger set little; smaller for small sets). Changes speed,
+      memory and round-off, not the value.
     mesh: a 1-D :class:`jax.sharding.Mesh` whose devices share the tiles; default every device of
       every process.
 
