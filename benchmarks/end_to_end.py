@@ -61,8 +61,8 @@ def _write_set(path, seed, n, size):
 
 def _jaxmetrics(args):
   # As the ``jaxmetrics`` command starts: on a machine without an accelerator, one JAX CPU device
-  # per core (``cli.cpu_devices``), set before JAX is imported. The Python API alone would run on
-  # XLA's one CPU device; ``JAXMETRICS_CPU_DEVICES=1`` measures that.
+  # per core (``cli.cpu_devices``), set in XLA_FLAGS before JAX's backend starts. The Python API
+  # alone would run on XLA's one CPU device; ``JAXMETRICS_CPU_DEVICES=1`` measures that.
   from jaxmetrics.pipeline import cli
   cli.cpu_devices()
   import jaxmetrics

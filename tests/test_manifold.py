@@ -33,6 +33,7 @@ from jaxmetrics.metrics import manifold
 from tests._peers import torch_fidelity_metric_module
 
 _U32 = 2.0**-24
+_ALIGN = 16
 
 
 def _inception_like(n, d, seed, shift=0.0):
@@ -235,9 +236,27 @@ def test_knn_radii_match_partition(devices, block_size):
                                   expected)
 
 
+def test_default_tiles_pad_little():
+  # Explicit sizes are kept (capped at the rows); the default splits the rows into the fewest equal
+  # tiles of at most 1024 (CPU) / 4096 rows, rounded up to 16 rows from 256 on when aligned.
+  assert manifold._tile_rows(10000, 7, "cpu") == 7 and manifold._tile_rows(5, 7, "cpu") == 5
+  expected = {1: 1, 255: 255, 256: 256, 1000: 1008, 1024: 1024, 1025: 528, 10000: 1008,
+              20000: 1008}
+  assert {n: manifold._tile_rows(n, None, "cpu") for n in expected} == expected
+  assert manifold._tile_rows(10000, None, "cpu", align=False) == 1000
+  assert manifold._tile_rows(10000, None, "gpu") == 3344
+  for platform, limit in (("cpu", 1024), ("tpu", 4096)):
+    for align in (True, False):
+      for n in range(1, 20000, 7):
+        block = manifold._tile_rows(n, None, platform, align=align)
+        tiles = -(-n // block)
+        assert 1 <= block <= limit and tiles == -(-n // limit), (n, block)
+        assert tiles * block - n < tiles * (_ALIGN if align else 1), (n, block)
+
+
 @pytest.mark.parametrize("columns", [False, True])
 def test_chunked_selection_is_exact(columns):
-  # The CPU k-NN passes search only the k chunks of 16 with the smallest minima. Values drawn from
+  # The CPU k-NN passes search only the k + 1 chunks of 16 with the smallest minima. Values from
   # 0..40 with +inf sprinkled in (padding) make ties within and across chunks and whole chunks of
   # inf: the kept values must still be exactly the k smallest of the running best and the row
   # (the column when ``columns``), as a full sort gives them.

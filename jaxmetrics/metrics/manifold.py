@@ -96,8 +96,9 @@ _DEFAULT_BLOCK_ACCELERATOR = 4096
 # Default tiles are whole multiples of _ALIGN rows once they have _ALIGN_FROM rows (_tile_rows).
 _ALIGN = 16
 _ALIGN_FROM = 256
-# Chunk of a tile row that the CPU k-NN passes select by (_smallest): the fastest of 8, 16, 32 and
-# 64 on 1024² tiles (``benchmarks/manifold.py --selection``).
+# Chunk of a tile row that the CPU k-NN passes select by (_smallest): of 8, 16, 32 and 64 on a
+# 1024² tile, 8 and 16 are the fastest, within 0.4 ms of each other per tile, 32 and 64 slower
+# (``benchmarks/manifold.py --selection``).
 _CHUNK = {"cpu": 16}
 
 
@@ -350,25 +351,31 @@ def _replicated(x, mesh):
 
 def _block(n, mesh, block_size):
   """Rows per tile for a set of ``n`` rows shared by the devices of ``mesh``."""
-  return _tile_rows(-(-n // mesh.size), block_size)
+  return _tile_rows(-(-n // mesh.size), block_size, _platform(mesh))
 
 
-def _tile_rows(rows, block_size):
-  """Rows per tile for one device's ``rows`` rows.
+def _platform(mesh):
+  return mesh.devices.flat[0].platform
+
+
+def _tile_rows(rows, block_size, platform, *, align=True):
+  """Rows per tile for ``rows`` rows on devices of ``platform``.
 
   An explicit ``block_size`` is used as given, capped at ``rows``. The default (1024 on CPU, 4096
   on accelerators) is a bound: the rows are split into the fewest tiles of at most that size, of
-  equal size, rounded up to a multiple of ``_ALIGN`` (16) rows from ``_ALIGN_FROM`` (256) rows on.
-  Padding costs products of zero rows: 10 000 rows in tiles of 1024 pad to 10 240 (5% more
-  products), in tiles of 1008 to 10 080 (0.8%). Whole chunks of 16 rows let the k-NN passes select
-  by chunk (:func:`_smallest`); 16 rows of padding on a 256-row tile are at most 6% of it.
+  equal size, so that padding (products of zero rows) stays small: 10 000 rows in tiles of 1024
+  pad to 10 240 (4.9% more products than 10 000² in a pass), in tiles of 1000 not at all. With
+  ``align`` the tiles are then rounded up to a multiple of ``_ALIGN`` (16) rows from
+  ``_ALIGN_FROM`` (256) rows on, whole chunks for the k-NN selection (:func:`_smallest`): 1008
+  rows, 10 080 in all (1.6% more products); 15 rows of padding on a tile of 256 or more are at
+  most 6% of it.
   """
   if block_size is not None:
     return int(min(block_size, rows))
-  limit = _DEFAULT_BLOCK.get(jax.default_backend(), _DEFAULT_BLOCK_ACCELERATOR)
+  limit = _DEFAULT_BLOCK.get(platform, _DEFAULT_BLOCK_ACCELERATOR)
   tiles = -(-rows // limit)
   block = -(-rows // tiles)
-  if block >= _ALIGN_FROM:
+  if align and block >= _ALIGN_FROM:
     block = -(-block // _ALIGN) * _ALIGN  # <= limit: the limits are multiples of _ALIGN
   return int(block)
 
@@ -443,7 +450,7 @@ def _chunk(block, kk, mesh):
   """The chunk :func:`_smallest` selects by for ``block``-row tiles on ``mesh``, or ``None``: on
   CPUs only (the one platform it was measured on), for tiles of whole chunks, at least ``2·kk`` of
   them (else most of the row would be searched anyway)."""
-  chunk = _CHUNK.get(mesh.devices.flat[0].platform)
+  chunk = _CHUNK.get(_platform(mesh))
   if chunk is None or block % chunk or block // chunk < 2 * kk:
     return None
   return chunk

@@ -27,9 +27,10 @@ How it is evaluated, and why:
   ``i ≤ j`` only for the symmetric ``K_XX`` and ``K_YY`` (off-diagonal tiles counted twice), every
   tile of ``K_XY`` — dealt round-robin to the devices, each of which walks its share with
   ``lax.scan``, one tile's temporaries at a time. Memory per device: both sets
-  (``(n + m)·d`` values) plus a few ``block²`` tiles (default block at most 1024 on CPU, 4096 on
-  accelerators: 4 MB / 64 MB float32 tiles, sized to pad the larger set little). One compilation per (shapes, dtype, block, mesh);
-  σ and scale are arguments, not constants of the compiled code.
+  (``(n + m)·d`` values) plus a few ``block²`` tiles (default block at most 1024 on CPU, 4096
+  on accelerators: 4 MB / 64 MB float32 tiles, sized to pad the larger set little). One
+  compilation per (shapes, dtype, block, mesh); σ and scale are arguments, not constants of the
+  compiled code.
 * **float64 in, float64 out** (:mod:`jaxmetrics.metrics._float64`): if either input is a concrete
   float64 array, both are widened and the tiles are computed in float64 under
   ``jax.enable_x64(True)`` whatever the global flag (on the mesh if its devices are CPUs or GPUs,
@@ -63,9 +64,11 @@ from jax.sharding import PartitionSpec as P
 
 from jaxmetrics._errors import InputError
 from jaxmetrics.metrics import _float64
-# The tiles' default size (1024 rows on CPU, 4096 on accelerators) and checks are manifold's.
+# The tiles' default size (at most 1024 rows on CPU, 4096 on accelerators) and checks are
+# manifold's.
 from jaxmetrics.metrics.manifold import _check_block_size
 from jaxmetrics.metrics.manifold import _check_mesh
+from jaxmetrics.metrics.manifold import _platform
 from jaxmetrics.metrics.manifold import _replicated
 from jaxmetrics.metrics.manifold import _tile_rows
 
@@ -171,9 +174,12 @@ def _nonfinite_rows(x):
 
 
 def _block(n, m, mesh, block_size):
-  """Rows per tile: the requested size, but small sets get at least ~one tile per device, and the
-  default size is balanced so that the larger set is padded little (manifold's ``_tile_rows``)."""
-  return _tile_rows(-(-max(n, m) // mesh.size), block_size)
+  """Rows per tile: the requested size, or by default the larger set split into equal tiles of at
+  most 1024 rows on CPU, 4096 on accelerators (manifold's ``_tile_rows``; the tiles, not the rows,
+  are dealt to the devices, so the split is of the whole set, unaligned); and small sets get at
+  least ~one tile per device."""
+  share = -(-max(n, m) // mesh.size)
+  return min(_tile_rows(max(n, m), block_size, _platform(mesh), align=False), share)
 
 
 @functools.lru_cache(maxsize=64)
