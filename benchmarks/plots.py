@@ -17,7 +17,8 @@ import matplotlib.pyplot as plt  # noqa: E402  pylint: disable=g-import-not-at-t
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 _LIBRARY_COLOURS = {"jaxmetrics": "tab:blue", "torch-fidelity": "tab:orange",
-                    "pytorch-fid": "tab:green", "torchmetrics": "tab:red", "clean-fid": "tab:purple"}
+                    "pytorch-fid": "tab:green", "torchmetrics": "tab:red", "clean-fid": "tab:purple",
+                    "prdc": "tab:brown"}
 
 
 def _colour(label):
@@ -135,6 +136,10 @@ def _manifold(result, ax):
             color=_colour(library))
     for r in rows:
       ax.annotate(f" {r['peak_rss_mb'] / 1024:.1f} GB", (r["n"], r["seconds"]), fontsize=7)
+    products = [r for r in rows if "products_s" in r]
+    if products:
+      ax.plot([r["n"] for r in products], [r["products_s"] for r in products], linestyle="--",
+              color=_colour(library), label=f"{library}: its float32 products alone")
   ax.set_xscale("log")
   ax.set_yscale("log")
   ax.set_xlabel("N generated = N reference (d = 2048)")
