@@ -11,6 +11,8 @@ import json
 import os
 import pathlib
 import platform
+import statistics
+import time
 
 RESULTS = pathlib.Path(__file__).resolve().parent / "results"
 
@@ -63,6 +65,19 @@ def memory_mb() -> dict:
       if key in ("VmRSS", "VmHWM"):
         values["rss" if key == "VmRSS" else "peak"] = int(rest.split()[0]) / 1024  # kB -> MB
   return values
+
+
+def best_of(fn, repeats: int):
+  """Calls ``fn()`` once to warm up (JAX compilation, cuDNN plans, allocator caches), then
+  ``repeats`` times, timed. ``fn`` must return only once its work is done (a JAX result blocked
+  on or copied to the host). Returns ``(fastest seconds, median seconds, last output)``."""
+  out = fn()
+  times = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    out = fn()
+    times.append(time.perf_counter() - start)
+  return min(times), statistics.median(times), out
 
 
 def write(name: str, result: dict, markdown: str) -> None:

@@ -29,7 +29,6 @@ import os
 import pathlib
 import sys
 import tempfile
-import time
 
 import numpy as np
 
@@ -52,16 +51,6 @@ from jaxmetrics.pipeline import extract  # noqa: E402
 from tests import _inception_fixtures as fixtures  # noqa: E402
 
 _CHECK_IMAGES = 32  # images in the precision table
-
-
-def _time(fn, repeats):
-  out = fn()  # warm-up: compilation (JAX), cuDNN plans and allocator caches (both)
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return min(times), float(np.median(times)), out
 
 
 def _relative(a, b):
@@ -131,7 +120,7 @@ def main():
     for batch in [int(b) for b in args.batch_sizes.split(",")]:
       images = fixtures.test_images(side + batch, batch, side, side)
       for library, precision, _, fn in runners:
-        best, median, _ = _time(lambda fn=fn: fn(images), args.repeats)
+        best, median, _ = _results.best_of(lambda fn=fn: fn(images), args.repeats)
         rows.append({"library": library, "precision": precision, "input": f"{side}x{side}",
                      "batch": batch, "best_s": best, "median_s": median,
                      "images_per_s": batch / best})

@@ -131,13 +131,8 @@ def _child(library, n):
 def _best_of(f, *args, repeats=5):
   """Seconds of the fastest of ``repeats`` calls of ``f(*args)``, after one to compile."""
   import jax  # pylint: disable=g-import-not-at-top
-  jax.block_until_ready(f(*args))
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(f(*args))
-    times.append(time.perf_counter() - start)
-  return min(times)
+  import _results  # pylint: disable=g-import-not-at-top  (beside this file)
+  return _results.best_of(lambda: jax.block_until_ready(f(*args)), repeats)[0]
 
 
 def _products(manifold, n):
@@ -155,8 +150,8 @@ def _products(manifold, n):
   product = jax.jit(lambda a, b: jax.lax.dot_general(
       a, b, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST))
   tile_s = _best_of(product, a, b)
-  return {"block": block, "tiles": tiles, "tile_product_s": tile_s, "products_s": tiles * tile_s,
-          "gmac_per_s": block * block * D / tile_s / 1e9}
+  return {"block": block, "blocks": blocks, "tiles": tiles, "tile_product_s": tile_s,
+          "products_s": tiles * tile_s, "gmac_per_s": block * block * D / tile_s / 1e9}
 
 
 def selection(n):
@@ -188,7 +183,7 @@ def selection(n):
   finally:
     manifold._CHUNK = chunks  # pylint: disable=protected-access
   products = _products(manifold, n)
-  t = -(-n // products["block"])  # row blocks: one k-NN pass computes t(t + 1)/2 tiles
+  t = products["blocks"]  # one k-NN pass computes t(t + 1)/2 tiles
   return {"kk": kk, "n": n, "updates": updates, "passes": passes,
           "pass_products_s": t * (t + 1) // 2 * products["tile_product_s"], **products}
 

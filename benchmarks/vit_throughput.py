@@ -33,7 +33,6 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -64,18 +63,9 @@ def _images(network, n):
   return fixtures.test_images(3, n, SIZES[network], SIZES[network])
 
 
-def _time(fn, repeats):
-  out = fn()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    out = fn()
-    times.append(time.perf_counter() - start)
-  return min(times), out
-
-
 def _jaxmetrics(network, folder, images, repeats, one_device):
   import numpy as np  # pylint: disable=g-import-not-at-top
+  import _results  # pylint: disable=g-import-not-at-top
   from jaxmetrics.networks import clip, dinov2  # pylint: disable=g-import-not-at-top
   from jaxmetrics.pipeline import extract  # pylint: disable=g-import-not-at-top
   if network == "dinov2":
@@ -89,15 +79,17 @@ def _jaxmetrics(network, folder, images, repeats, one_device):
     feature = clip.CMMD_FEATURE
     features = lambda: clip.cmmd_embeddings(params, images, network=net)
   if one_device:
-    return _time(lambda: np.asarray(features()), repeats)
+    return _results.best_of(lambda: np.asarray(features()), repeats)
   placed = extract.replicate(params)
-  return _time(lambda: extract.extract(images, placed, network=net, batch_size=len(images),
-                                       keep_features=(feature,), progress=False,
-                                       states={}).outputs[feature], repeats)
+  return _results.best_of(
+      lambda: extract.extract(images, placed, network=net, batch_size=len(images),
+                              keep_features=(feature,), progress=False,
+                              states={}).outputs[feature], repeats)
 
 
 def _transformers(network, folder, images, repeats):
   import numpy as np  # pylint: disable=g-import-not-at-top
+  import _results  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from jaxmetrics.networks import clip, dinov2  # pylint: disable=g-import-not-at-top
@@ -120,7 +112,7 @@ def _transformers(network, folder, images, repeats):
     if network == "clip":
       out = out / np.linalg.norm(out, axis=1, keepdims=True)
     return out
-  return _time(run, repeats)
+  return _results.best_of(run, repeats)
 
 
 def _child(library, network, folder, n, repeats):
@@ -129,9 +121,10 @@ def _child(library, network, folder, n, repeats):
   images = _images(network, n)
   before = _results.memory_mb()["rss"]
   if library == "transformers":
-    best, out = _transformers(network, folder, images, repeats)
+    best, _, out = _transformers(network, folder, images, repeats)
   else:
-    best, out = _jaxmetrics(network, folder, images, repeats, library == "jaxmetrics-1-device")
+    one_device = library == "jaxmetrics-1-device"
+    best, _, out = _jaxmetrics(network, folder, images, repeats, one_device)
   out = np.asarray(out, np.float32)
   np.save(folder / f"{library}-{network}.npy", out)
   import jax  # pylint: disable=g-import-not-at-top
