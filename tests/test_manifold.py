@@ -222,11 +222,13 @@ def test_duplicates_and_k1(capsys):
   capsys.readouterr()
 
 
-@pytest.mark.parametrize("devices, block_size", [(8, 16), (1, 16), (3, 7), (8, None)])
+@pytest.mark.parametrize("devices, block_size", [(8, 16), (1, 16), (3, 7), (8, None), (2, 1)])
 def test_knn_radii_match_partition(devices, block_size):
   # Exact arithmetic, so the symmetric pass (a tile used for both of its blocks, transposed) must
   # give exactly the sorted rows of the full matrix, for any dealing of blocks to devices: 333 rows
   # in blocks of 16 over 8 devices is 3 blocks per device and padding; 7 over 3 uneven padding.
+  # The diagonal tiles are cut (manifold._split) at 8 rows (blocks of 16), 3 (of 7), 16 (the
+  # default 42 rows on 8 devices) and not at all (blocks of 1).
   x = _quantised(333, 64, seed=7)
   _assert_exact_arithmetic(x)
   mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
@@ -260,35 +262,44 @@ def test_chunked_selection_is_exact(columns):
   # 0..40 with +inf sprinkled in (padding) make ties within and across chunks and whole chunks of
   # inf: the kept values must still be exactly the k smallest of the running best and the row
   # (the column when ``columns``), as a full sort gives them.
+  # Rows and columns are cut into chunks differently (manifold._smallest); lines with a single
+  # finite value, or two equal ones, leave fewer finite chunks than are picked: the remaining picks
+  # are then among all-inf chunks and must not repeat a chunk already taken.
   rng = np.random.default_rng(0)
   tile = rng.integers(0, 40, (192, 256)).astype(np.float32)
   tile[rng.random(tile.shape) < 0.3] = np.inf
-  tile[:, 32:48] = np.inf  # an all-inf chunk
+  tile[:, 32:48] = np.inf  # an all-inf chunk of a column
+  tile[:, 5::16] = np.inf  # an all-inf chunk of a row
   lines = tile.T if columns else tile
+  lines[:3] = np.inf
+  lines[0, 100], lines[1, [7, 150]], lines[2, [20, 21]] = 3, 5, 0
   for kk in (1, 2, 6):
     best = np.sort(rng.integers(0, 40, (lines.shape[0], kk)).astype(np.float32), axis=1)
     best[::5] = np.inf  # rows seen for the first time
     expected = np.sort(np.concatenate([best, lines], axis=1), axis=1)[:, :kk]
-    for chunk in (16, None):
+    # 64: 4 chunks per row, 3 per column: chunked for kk = 1 (and rows at 2), else lax.top_k.
+    for chunk in (16, None, 64):
       got = jax.jit(manifold._smallest, static_argnums=(2, 3), static_argnames="columns")(
           best, tile, kk, chunk, columns=columns)
       np.testing.assert_array_equal(got, expected)
 
 
-def test_chunked_passes_match_peers(capsys):
+@pytest.mark.parametrize("block_size", [192, 384])
+def test_chunked_passes_match_peers(block_size, capsys):
   # Tiles of 192 rows (12 chunks of 16) on 2 devices: the chunked k-NN passes run (asserted), with
   # padding in the last tile of each device (601 and 487 rows padded to 768), on exact arithmetic,
-  # so radii and counts must equal the float64 references exactly.
+  # so radii and counts must equal the float64 references exactly. The diagonal tiles' parts are
+  # chunked too with tiles of 384 (cut at 192 rows), not with 192 (96 rows: 6 chunks < 2 kk).
   generated, reference = _quantised(601, 64, seed=1, shift=0.08), _quantised(487, 64, seed=2)
   reference[400:420] = reference[:20]  # duplicates: radii of 0 at k = 1, ties across tiles
   _assert_exact_arithmetic(generated, reference)
   mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
-  assert manifold._chunk(192, 4, mesh) == manifold._chunk(192, 6, mesh) == 16
+  assert manifold._chunk(mesh) == 16 and manifold._split(192) == 96 and manifold._split(384) == 192
   for k in (1, 3, 5):
     np.testing.assert_array_equal(
-        manifold.knn_radii(reference, k, block_size=192, mesh=mesh),
+        manifold.knn_radii(reference, k, block_size=block_size, mesh=mesh),
         np.partition(_sq_distances(reference, reference), k, axis=1)[:, k])
-  result = manifold.manifold_metrics(generated, reference, block_size=192, mesh=mesh)
+  result = manifold.manifold_metrics(generated, reference, block_size=block_size, mesh=mesh)
   inside, ref_inside, balls, covered = _counts(result)
   assert (inside, ref_inside) == _adm(generated, reference, 3)
   peer = _prdc(generated, reference, 5)

@@ -57,19 +57,22 @@ of every process), the other set is replicated, and each device walks its rows i
 density) and per column block the "inside some query's ball" flags (recall) and nearest distance
 (coverage), combined over devices with ``pmax``/``pmin``. The two k-NN passes use that a set's
 distances to itself are symmetric: the tile of blocks ``I < J`` is computed once and updates the
-running ``k + 1`` smallest distances of both ``I``'s rows and ``J``'s, so a k-NN pass does half
-the products of a full one (row blocks are dealt to the devices cyclically so that each gets the
-same share of tiles). The update is a ``lax.top_k``; on a CPU, where its cost is per value sorted,
-it sorts only the ``k + 1`` chunks of 16 values of each tile row with the smallest minima, which
-is exact (:func:`_smallest`). A transposed tile holds ``‖u‖² − 2u·v + ‖v‖²`` with the roles of
-``u`` and ``v`` swapped, which can round differently in the last bit; like every other rounding
-difference from the peers, that decides a result only for a distance within float32 round-off of
-a radius. Both sets are padded to a multiple of ``block × devices`` rows (the default block is
-sized to keep that padding small, :func:`_tile_rows`); padded points are never anyone's neighbour
-(their distances are +inf), their balls have radius −inf and padded queries are masked out of
-every column result. Counts are int32 on the device and the fractions are formed on the host from
-exact integer counts, in the peers' order of operations (density as prdc's ``(1/k) · mean``). One
-compilation per (shapes, k, block, mesh). Time and memory against prdc and torch-fidelity:
+running ``k + 1`` smallest distances of both ``I``'s rows and ``J``'s, and the diagonal tile
+``I = J`` is computed as three parts, ``3/4`` of its products (:func:`_smallest_symmetric`), so a
+k-NN pass does little more than half the products of a full one (row blocks are dealt to the
+devices cyclically so that each gets the same share of tiles). The update is a ``lax.top_k``; on a
+CPU, where its cost is per value sorted, only the ``k + 1`` chunks of 16 values of each tile row
+with the smallest minima are searched, without a sort, which is exact (:func:`_smallest`). A
+transposed tile holds ``‖u‖² − 2u·v + ‖v‖²`` with the roles of ``u`` and ``v`` swapped, which can
+round differently in the last bits; like every other rounding difference from the peers, that
+decides a result only for a distance within float32 round-off of a radius. Both sets are padded
+with zero rows to a multiple of ``block × devices`` rows (the default block is sized to keep that
+padding small, :func:`_tile_rows`; NumPy inputs are padded on the host, into an array the CPU
+devices use in place, :func:`_padded`). A padded row's squared norm is +inf, so its distances are
++inf and it is never anyone's neighbour, and its ball has radius −inf: no tile needs a mask.
+Counts are int32 on the device and the fractions are formed on the host from exact integer counts,
+in the peers' order of operations (density as prdc's ``(1/k) · mean``). One compilation per
+(shapes, k, block, mesh). Time and memory against prdc and torch-fidelity:
 ``benchmarks/manifold.py``.
 """
 
@@ -100,6 +103,9 @@ _ALIGN_FROM = 256
 # 1024² tile, 8 and 16 are the fastest, within 0.4 ms of each other per tile, 32 and 64 slower
 # (``benchmarks/manifold.py --selection``).
 _CHUNK = {"cpu": 16}
+# Alignment of the host arrays handed to the devices (_host_array): a page, more than XLA's CPU
+# client needs to use them in place.
+_HOST_ALIGN = 4096
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,10 +251,11 @@ def manifold_metrics(generated, reference, *, pr_k=3, dc_k=5, block_size=None, m
   _check_finite(ref, "reference")
   gen_block = _block(gen.shape[0], mesh, block_size)
   ref_block = _block(ref.shape[0], mesh, block_size)
-  gen, ref = _replicated(gen, mesh), _replicated(ref, mesh)
   inside, counts, ref_inside, covered = (np.asarray(a) for a in jax.device_get(_manifold(
-      gen, ref, pr_k=None if pr_k is None else int(pr_k), dc_k=None if dc_k is None else int(dc_k),
-      gen_block=gen_block, ref_block=ref_block, mesh=mesh)))
+      _padded(gen, gen_block, mesh), _padded(ref, ref_block, mesh), n_gen=gen.shape[0],
+      n_ref=ref.shape[0], pr_k=None if pr_k is None else int(pr_k),
+      dc_k=None if dc_k is None else int(dc_k), gen_block=gen_block, ref_block=ref_block,
+      mesh=mesh)))
   pr, dc = pr_k is not None, dc_k is not None
   return ManifoldMetrics(
       generated_inside=inside if pr else None, reference_inside=ref_inside if pr else None,
@@ -278,7 +285,8 @@ def knn_radii(features, k, *, block_size=None, mesh=None):
   _check_block_size(block_size)
   _check_finite(x, "features")
   block = _block(x.shape[0], mesh, block_size)
-  return np.asarray(jax.device_get(_radii(_replicated(x, mesh), k=int(k), block=block, mesh=mesh)))
+  return np.asarray(jax.device_get(_radii(_padded(x, block, mesh), n=x.shape[0], k=int(k),
+                                          block=block, mesh=mesh)))
 
 
 # ------------------------------------------------------------------------------------ checks ---
@@ -383,12 +391,37 @@ def _tile_rows(rows, block_size, platform, *, align=True):
 # ----------------------------------------------------------------------------------- kernels ---
 
 def _padded(x, block, mesh):
-  """``x`` as float32, padded with zero rows to a multiple of ``block × devices``, and its mask."""
-  n = x.shape[0]
+  """``x`` as float32, padded with zero rows to a multiple of ``block × devices``, on every device
+  of ``mesh``: a NumPy ``x`` is padded on the host, into a new aligned array that the devices can
+  use without a copy (:func:`_host_array`); a JAX one by the devices holding it."""
+  n, d = x.shape
   multiple = block * mesh.size
   length = -(-n // multiple) * multiple
-  x = jnp.pad(x.astype(jnp.float32), ((0, length - n), (0, 0)))
-  return x, jnp.arange(length) < n
+  if isinstance(x, np.ndarray):
+    padded = _host_array((length, d), np.float32)
+    padded[:n] = x
+    padded[n:] = 0
+  else:
+    padded = _pad_rows(x, length)
+  return _replicated(padded, mesh)
+
+
+@functools.partial(jax.jit, static_argnames="length")
+def _pad_rows(x, length):
+  return jnp.pad(x.astype(jnp.float32), ((0, length - x.shape[0]), (0, 0)))
+
+
+def _host_array(shape, dtype):
+  """An uninitialised NumPy array whose data start on a ``_HOST_ALIGN``-byte boundary.
+
+  XLA's CPU client then uses the array as the device buffer instead of copying it:
+  ``jax.device_put`` of 80 MB takes 0.1 ms instead of 37–53 ms (NumPy's own arrays are only
+  16-byte aligned). The array must not be written once it is on a device.
+  """
+  nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+  raw = np.empty(nbytes + _HOST_ALIGN, np.uint8)
+  start = -raw.ctypes.data % _HOST_ALIGN
+  return raw[start:start + nbytes].view(dtype).reshape(shape)
 
 
 def _sq_norms(x):
@@ -423,93 +456,163 @@ def _smallest(best, tile, kk, chunk, *, columns=False):
   """The ``kk`` smallest values of each row of ``best`` together with the same row of ``tile``
   (with the same column of ``tile`` when ``columns``), ascending: a running k-NN update.
 
-  With ``chunk``, each row of the tile is cut into chunks of ``chunk`` values and only the ``kk``
-  chunks with the smallest minima are searched. That is exact: a value ``e`` of any other chunk
-  ``D`` is ``>= min(D) >=`` each of the ``kk`` chosen minima, so at least ``kk`` searched values
-  are ``<= e`` and ``e`` can only tie with what is kept, never displace it. ``lax.top_k`` then
-  sorts ``kk · chunk`` candidates per row instead of the whole tile row (on a CPU its cost is per
-  value, and the minima are one vectorised pass).
+  Without ``chunk`` this is one ``lax.top_k`` of the concatenation, as it is when the lines are
+  not whole chunks or have fewer than ``2·kk`` of them (most of a line would be searched anyway).
+  With ``chunk``, each tile line is cut into chunks of ``chunk`` values and only the ``kk`` chunks
+  with the smallest minima are searched. That is exact: a value ``e`` of any other chunk ``D`` is
+  ``>= min(D) >=`` each of the ``kk`` chosen minima, so at least ``kk`` searched values are
+  ``<= e`` and ``e`` can only tie with what is kept, never displace it. Any partition into chunks
+  will do: a row's chunks are its columns ``j, j + m/chunk, j + 2m/chunk, …``, a column's are runs
+  of ``chunk`` rows, so that the minima are elementwise minima of whole tile rows.
+
+  Why: on a CPU ``lax.top_k`` costs per value sorted (2.7 ms for a 1024² tile at ``kk = 6``,
+  against 20 ms for the tile's product). The minima, the choice of ``kk`` chunks (:func:`_picks`),
+  the gather and the final :func:`_smallest_values` are each a few passes of elementwise minima
+  and comparisons over small arrays, laid out so that every reduction runs across rows of
+  contiguous values (times: ``benchmarks/manifold.py --selection``).
   """
-  if chunk is None:
-    rows = tile.T if columns else tile
-  elif columns:
-    n, m = tile.shape
+  n, m = tile.shape
+  length = n if columns else m
+  if chunk is None or length % chunk or length // chunk < 2 * kk:
+    # Not whole chunks, or fewer than 2·kk of them: most of the line would be searched anyway.
+    negated, _ = jax.lax.top_k(-jnp.concatenate([best, tile.T if columns else tile], 1), kk)
+    return -negated
+  if columns:
     chunks = tile.reshape(n // chunk, chunk, m)
-    _, picks = jax.lax.top_k(-jnp.min(chunks, axis=1).T, kk)  # (m, kk) chunk numbers
-    rows = chunks[picks, :, jnp.arange(m)[:, None]].reshape(m, kk * chunk)
+    picks = _picks(jnp.min(chunks, axis=1), kk)  # (kk, m) chunk numbers
+    searched = jnp.take_along_axis(chunks, picks[:, None, :], axis=0).reshape(kk * chunk, m)
   else:
-    n, m = tile.shape
-    chunks = tile.reshape(n, m // chunk, chunk)
-    _, picks = jax.lax.top_k(-jnp.min(chunks, axis=2), kk)
-    rows = jnp.take_along_axis(chunks, picks[:, :, None], axis=1).reshape(n, kk * chunk)
-  negated, _ = jax.lax.top_k(-jnp.concatenate([best, rows], axis=1), kk)
-  return -negated
+    chunks = tile.reshape(n, chunk, m // chunk)
+    picks = _picks(jnp.min(chunks, axis=1).T, kk)  # (kk, n)
+    searched = jnp.take_along_axis(chunks, picks.T[:, None, :], axis=2).reshape(n, chunk * kk).T
+  return _smallest_values(jnp.concatenate([best.T, searched], axis=0), kk).T
 
 
-def _chunk(block, kk, mesh):
-  """The chunk :func:`_smallest` selects by for ``block``-row tiles on ``mesh``, or ``None``: on
-  CPUs only (the one platform it was measured on), for tiles of whole chunks, at least ``2·kk`` of
-  them (else most of the row would be searched anyway)."""
-  chunk = _CHUNK.get(_platform(mesh))
-  if chunk is None or block % chunk or block // chunk < 2 * kk:
-    return None
-  return chunk
+def _picks(values, kk):
+  """Row numbers of ``kk`` distinct rows holding the ``kk`` smallest of each column of ``values``
+  (ties in any order), ``(kk, columns)`` int32: ``kk`` rounds of a minimum and the first row equal
+  to it not taken yet. A taken row is set to +inf, so "not taken" is tracked apart: once every
+  remaining value is +inf a taken row also equals the minimum."""
+  rows = jax.lax.broadcasted_iota(jnp.int32, values.shape, 0)
+  free = jnp.ones(values.shape, bool)
+  picks = []
+  for _ in range(kk):
+    low = jnp.min(values, axis=0, keepdims=True)
+    pick = jnp.min(jnp.where((values == low) & free, rows, values.shape[0]), axis=0, keepdims=True)
+    taken = rows == pick
+    values = jnp.where(taken, jnp.inf, values)
+    free = free & ~taken
+    picks.append(pick)
+  return jnp.concatenate(picks, axis=0)
 
 
-def _smallest_symmetric(q, q_sq, q_valid, c, c_sq, c_valid, *, kk, block, chunk, axis):
-  """One device's share of the k-NN pass of a set against itself, each tile computed once.
+def _smallest_values(values, kk):
+  """The ``kk`` smallest of each column of ``values`` with their multiplicity, ascending,
+  ``(kk, columns)``: ``kk`` rounds, each of which takes a column's minimum, fills as many of the
+  remaining places with it as it occurs (at least once) and sets those entries to +inf. Once a
+  column's minimum is +inf every remaining place is +inf, which is then right, whatever the count
+  (entries already taken are +inf too)."""
+  places = jnp.arange(kk)[:, None]
+  out = jnp.full((kk, values.shape[1]), jnp.inf, values.dtype)
+  filled = jnp.zeros((1, values.shape[1]), jnp.int32)
+  for _ in range(kk):
+    low = jnp.min(values, axis=0, keepdims=True)
+    equal = values == low
+    count = jnp.sum(equal, axis=0, keepdims=True, dtype=jnp.int32)
+    out = jnp.where((places >= filled) & (places < filled + count), low, out)
+    filled = filled + count
+    values = jnp.where(equal, jnp.inf, values)
+  return out
 
-  ``q`` holds this device's row blocks, ``c`` the whole set (replicated). The distances between
-  blocks ``I <= J`` are computed in ``I``'s pass only: they update ``I``'s running smallest
+
+def _chunk(mesh):
+  """The chunk :func:`_smallest` selects by on ``mesh``'s devices, or ``None`` (plain
+  ``lax.top_k``): chunks on CPUs only, the one platform they were measured on."""
+  return _CHUNK.get(_platform(mesh))
+
+
+def _split(block):
+  """Where the diagonal tile of a ``block``-row block is cut (:func:`_smallest_symmetric`): near
+  the middle, which makes its three products ``3/4`` of the tile's, on a multiple of ``_ALIGN``
+  so that both parts are whole chunks for :func:`_smallest`. 0 (no cut) for a single row."""
+  half = block // 2
+  return half - half % _ALIGN if half >= _ALIGN else half
+
+
+def _smallest_symmetric(q, q_sq, c, c_sq, *, kk, block, chunk, axis):
+  """One device's share of the k-NN pass of a set against itself, each distance computed once.
+
+  ``q`` holds this device's row blocks, ``c`` the whole set (replicated); the squared norms are
+  +inf for padded rows, which makes every distance to a padded point +inf (a padded row is zero,
+  so its products are exactly 0, and ``inf − 0 + v = inf``): no tile needs a mask. The distances
+  between blocks ``I < J`` are computed in ``I``'s pass only: they update ``I``'s running smallest
   distances and, transposed, ``J``'s (carried in ``col_best`` for the whole set, one copy per
-  device); tiles with ``J < I`` are skipped (``lax.cond``), so the pass does half the products of
-  a full one. Device ``d``'s local block ``i`` is global block ``i · devices + d`` (the caller
-  deals the blocks out cyclically), which gives every device the same share of tiles.
+  device); tiles with ``J < I`` are skipped (``lax.cond``). The diagonal tile ``I = J`` is cut at
+  ``h`` (:func:`_split`): rows ``[0, h)`` against the whole block, rows ``[h, b)`` against
+  themselves and, transposed, against the first rows' columns ``[h, b)``: ``3/4`` of a tile's
+  products. A pass thus computes each distance once, plus a quarter of the diagonal tiles. Device
+  ``d``'s local block ``i`` is global block ``i · devices + d`` (the caller deals the blocks out
+  cyclically), which gives every device the same share of tiles.
 
   Returns this device's rows' smallest distances ``(len(q), kk)`` and its column candidates for
   the whole set ``(1, len(c), kk)``, to be combined over devices by the caller.
   """
   devices = jax.lax.axis_size(axis)
   device = jax.lax.axis_index(axis)
-  cols = _row_blocks(block, c, c_sq, c_valid)
+  cols = _row_blocks(block, c, c_sq)
   n_blocks = c.shape[0] // block
+  h = _split(block)
+
+  def diagonal(qb, qb_sq):
+    none = jnp.full((block, kk), jnp.inf, jnp.float32)
+    if h == 0:
+      return _smallest(none, _sq_distances(qb, qb_sq, qb, qb_sq), kk, chunk)
+    top = _sq_distances(qb[:h], qb_sq[:h], qb, qb_sq)
+    bottom = _sq_distances(qb[h:], qb_sq[h:], qb[h:], qb_sq[h:])
+    best_top = _smallest(none[:h], top, kk, chunk)
+    best_bottom = _smallest(_smallest(none[h:], bottom, kk, chunk), top[:, h:], kk, chunk,
+                            columns=True)
+    return jnp.concatenate([best_top, best_bottom], axis=0)
 
   def row_block(col_best, args):
-    i, qb, qb_sq, qb_valid = args
+    i, qb, qb_sq = args
     g = i * devices + device
 
     def compute(j, carry):
       best, col_best = carry
-      cb, cb_sq, cb_valid = (jax.lax.dynamic_index_in_dim(a, j, keepdims=False) for a in cols)
+      cb, cb_sq = (jax.lax.dynamic_index_in_dim(a, j, keepdims=False) for a in cols)
       d2 = _sq_distances(qb, qb_sq, cb, cb_sq)
-      best = _smallest(best, jnp.where(cb_valid[None, :], d2, jnp.inf), kk, chunk)
-      # The diagonal tile is already in both of its blocks' rows: no transposed update.
-      others = jnp.where(qb_valid[:, None] & (j > g), d2, jnp.inf)
       current = jax.lax.dynamic_slice_in_dim(col_best, j * block, block)
       col_best = jax.lax.dynamic_update_slice_in_dim(
-          col_best, _smallest(current, others, kk, chunk, columns=True), j * block, axis=0)
-      return best, col_best
+          col_best, _smallest(current, d2, kk, chunk, columns=True), j * block, axis=0)
+      return _smallest(best, d2, kk, chunk), col_best
 
     def step(carry, j):
-      return jax.lax.cond(j >= g, functools.partial(compute, j), lambda carry: carry, carry), None
+      return jax.lax.cond(j > g, functools.partial(compute, j), lambda carry: carry, carry), None
 
-    init = _varying(jnp.full((qb.shape[0], kk), jnp.inf, jnp.float32), axis)
-    (best, col_best), _ = jax.lax.scan(step, (init, col_best), jnp.arange(n_blocks))
+    (best, col_best), _ = jax.lax.scan(step, (diagonal(qb, qb_sq), col_best),
+                                       jnp.arange(n_blocks))
     return col_best, best
 
   local = q.shape[0] // block
   init = _varying(jnp.full((c.shape[0], kk), jnp.inf, jnp.float32), axis)
-  col_best, best = jax.lax.scan(
-      row_block, init, (jnp.arange(local), *_row_blocks(block, q, q_sq, q_valid)))
+  col_best, best = jax.lax.scan(row_block, init, (jnp.arange(local), *_row_blocks(block, q, q_sq)))
   return best.reshape(q.shape[0], kk), col_best[None]
+
+
+def _masked_sq_norms(x, valid):
+  """Squared norms, +inf for padded rows: every squared distance to a padded (zero) row is then
+  +inf in :func:`_sq_distances`, without a mask on the tiles."""
+  return jnp.where(valid, _sq_norms(x), jnp.inf)
 
 
 def _knn(x, x_valid, *, kk, block, mesh):
   """The ``kk`` smallest squared distances of every row of ``x`` to the valid rows of ``x``.
 
-  ``x`` is padded to whole blocks on every device (:func:`_padded`). Row blocks are dealt out to
-  the devices cyclically (see :func:`_smallest_symmetric`), and every device's column candidates
-  are merged with the rows' own at the end.
+  ``x`` is padded to whole blocks on every device (:func:`_padded`); padded rows get +inf (they
+  are masked by the callers). Row blocks are dealt out to the devices cyclically (see
+  :func:`_smallest_symmetric`), and every device's column candidates are merged with the rows'
+  own at the end.
   """
   axis = mesh.axis_names[0]
   devices = mesh.size
@@ -521,32 +624,32 @@ def _knn(x, x_valid, *, kk, block, mesh):
   def undeal(a):
     return a.reshape(devices, local, block, *a.shape[1:]).swapaxes(0, 1).reshape(a.shape)
 
-  x_sq = _sq_norms(x)
-  body = functools.partial(_smallest_symmetric, kk=kk, block=block,
-                           chunk=_chunk(block, kk, mesh), axis=axis)
+  x_sq = _masked_sq_norms(x, x_valid)
+  body = functools.partial(_smallest_symmetric, kk=kk, block=block, chunk=_chunk(mesh), axis=axis)
   rows, cols = jax.shard_map(
-      body, mesh=mesh, in_specs=(P(axis), P(axis), P(axis), P(), P(), P()),
-      out_specs=(P(axis), P(axis)))(deal(x), deal(x_sq), deal(x_valid), x, x_sq, x_valid)
+      body, mesh=mesh, in_specs=(P(axis), P(axis), P(), P()),
+      out_specs=(P(axis), P(axis)))(deal(x), deal(x_sq), x, x_sq)
   # rows: (n, kk) in dealt order; cols: (devices, n, kk), one set of candidates per device.
   candidates = jnp.concatenate([undeal(rows), *cols], axis=1)
   negated, _ = jax.lax.top_k(-candidates, kk)
   return -negated
 
 
-def _cross(q, q_sq, q_valid, q_radius, c, c_sq, c_radius_pr, c_radius_dc, *, q_block, c_block,
-           axis):
+def _cross(q, q_sq, q_radius, c, c_sq, c_radius_pr, c_radius_dc, *, q_block, c_block, axis):
   """One device's share of the cross pass: generated query rows ``q`` against reference ``c``.
 
   Returns, per query row, "inside some reference ball of radius ``c_radius_pr``" (``<=``) and the
   number of reference balls of radius ``c_radius_dc`` containing it (``<``); per column, "inside
   some query's ball of radius ``q_radius``" (``<=``) and the nearest query's squared distance,
-  both over every device's queries. Padded columns carry radius −inf, padded queries are masked.
+  both over every device's queries. Padded rows of either set have +inf squared norms, so their
+  distances are +inf (as in :func:`_smallest_symmetric`), and radius −inf: they are in no ball,
+  nobody is in theirs, and no tile needs a mask.
   """
   cols = _row_blocks(c_block, c, c_sq, c_radius_pr, c_radius_dc)
 
   def row_block(col_results, rows):
     col_inside, col_nearest = col_results
-    qb, qb_sq, qb_valid, qb_radius = rows
+    qb, qb_sq, qb_radius = rows
 
     def step(row_results, col):
       inside, balls = row_results
@@ -554,9 +657,8 @@ def _cross(q, q_sq, q_valid, q_radius, c, c_sq, c_radius_pr, c_radius_dc, *, q_b
       d2 = _sq_distances(qb, qb_sq, cb, cb_sq, columns_first=True)
       inside = inside | jnp.any(d2 <= cb_radius_pr[None, :], axis=1)
       balls = balls + jnp.sum(d2 < cb_radius_dc[None, :], axis=1, dtype=jnp.int32)
-      hit = jnp.any((d2 <= qb_radius[:, None]) & qb_valid[:, None], axis=0)
-      nearest = jnp.min(jnp.where(qb_valid[:, None], d2, jnp.inf), axis=0)
-      return (inside, balls), (hit, nearest)
+      hit = jnp.any(d2 <= qb_radius[:, None], axis=0)
+      return (inside, balls), (hit, jnp.min(d2, axis=0))
 
     init = _varying((jnp.zeros(qb.shape[0], bool), jnp.zeros(qb.shape[0], jnp.int32)), axis)
     (inside, balls), (hit, nearest) = jax.lax.scan(step, init, cols)
@@ -564,19 +666,20 @@ def _cross(q, q_sq, q_valid, q_radius, c, c_sq, c_radius_pr, c_radius_dc, *, q_b
     return col_results, (inside, balls)
 
   init = _varying((jnp.zeros(c.shape[0], bool), jnp.full(c.shape[0], jnp.inf, jnp.float32)), axis)
-  rows = _row_blocks(q_block, q, q_sq, q_valid, q_radius)
+  rows = _row_blocks(q_block, q, q_sq, q_radius)
   (col_inside, col_nearest), (inside, balls) = jax.lax.scan(row_block, init, rows)
   col_inside = jax.lax.pmax(col_inside.astype(jnp.int32), axis) > 0
   col_nearest = jax.lax.pmin(col_nearest, axis)
   return inside.reshape(-1), balls.reshape(-1), col_inside, col_nearest
 
 
-@functools.partial(jax.jit, static_argnames=("pr_k", "dc_k", "gen_block", "ref_block", "mesh"))
-def _manifold(gen, ref, *, pr_k, dc_k, gen_block, ref_block, mesh):
+@functools.partial(jax.jit, static_argnames=("n_gen", "n_ref", "pr_k", "dc_k", "gen_block",
+                                             "ref_block", "mesh"))
+def _manifold(g, r, *, n_gen, n_ref, pr_k, dc_k, gen_block, ref_block, mesh):
+  """The four metrics' per-sample results from the sets padded by :func:`_padded`, whose first
+  ``n_gen`` and ``n_ref`` rows are the samples."""
   axis = mesh.axis_names[0]
-  n_gen, n_ref = gen.shape[0], ref.shape[0]
-  g, g_valid = _padded(gen, gen_block, mesh)
-  r, r_valid = _padded(ref, ref_block, mesh)
+  g_valid, r_valid = jnp.arange(g.shape[0]) < n_gen, jnp.arange(r.shape[0]) < n_ref
   ref_ks = [k for k in (pr_k, dc_k) if k is not None]
   ref_best = _knn(r, r_valid, kk=max(ref_ks) + 1, block=ref_block, mesh=mesh)
   # Padded reference points get radius −inf: no squared distance (>= 0) is inside their balls.
@@ -584,14 +687,15 @@ def _manifold(gen, ref, *, pr_k, dc_k, gen_block, ref_block, mesh):
   r_pr = ball(dc_k if pr_k is None else pr_k)
   r_dc = ball(pr_k if dc_k is None else dc_k)
   if pr_k is None:
-    g_radius = jnp.zeros(g.shape[0], jnp.float32)  # recall is not asked for: any value
+    g_radius = jnp.full(g.shape[0], -jnp.inf, jnp.float32)  # recall is not asked for: any value
   else:
-    g_radius = _knn(g, g_valid, kk=pr_k + 1, block=gen_block, mesh=mesh)[:, pr_k]
+    g_best = _knn(g, g_valid, kk=pr_k + 1, block=gen_block, mesh=mesh)
+    g_radius = jnp.where(g_valid, g_best[:, pr_k], -jnp.inf)
   body = functools.partial(_cross, q_block=gen_block, c_block=ref_block, axis=axis)
-  specs = (P(axis), P(axis), P(axis), P(axis), P(), P(), P(), P())
+  specs = (P(axis), P(axis), P(axis), P(), P(), P(), P())
   inside, balls, ref_inside, ref_nearest = jax.shard_map(
       body, mesh=mesh, in_specs=specs, out_specs=(P(axis), P(axis), P(), P()))(
-          g, _sq_norms(g), g_valid, g_radius, r, _sq_norms(r), r_pr, r_dc)
+          g, _masked_sq_norms(g, g_valid), g_radius, r, _masked_sq_norms(r, r_valid), r_pr, r_dc)
   replicated = NamedSharding(mesh, P())
   out = (inside[:n_gen], balls[:n_gen], ref_inside[:n_ref], (ref_nearest < r_dc)[:n_ref])
   # Replicated outputs: every process can read them (a row-sharded result would not be
@@ -599,9 +703,8 @@ def _manifold(gen, ref, *, pr_k, dc_k, gen_block, ref_block, mesh):
   return jax.lax.with_sharding_constraint(out, replicated)
 
 
-@functools.partial(jax.jit, static_argnames=("k", "block", "mesh"))
-def _radii(x, *, k, block, mesh):
-  n = x.shape[0]
-  xp, valid = _padded(x, block, mesh)
+@functools.partial(jax.jit, static_argnames=("n", "k", "block", "mesh"))
+def _radii(xp, *, n, k, block, mesh):
+  valid = jnp.arange(xp.shape[0]) < n
   radii = _knn(xp, valid, kk=k + 1, block=block, mesh=mesh)[:n, k]
   return jax.lax.with_sharding_constraint(radii, NamedSharding(mesh, P()))
