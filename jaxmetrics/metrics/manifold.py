@@ -78,6 +78,7 @@ in the peers' order of operations (density as prdc's ``(1/k) · mean``). One com
 
 import dataclasses
 import functools
+import mmap
 import numbers
 
 import jax
@@ -103,8 +104,8 @@ _ALIGN_FROM = 256
 # 1024² tile, 8 and 16 are the fastest, within 0.4 ms of each other per tile, 32 and 64 slower
 # (``benchmarks/manifold.py --selection``).
 _CHUNK = {"cpu": 16}
-# Alignment of the host arrays handed to the devices (_host_array): a page, more than XLA's CPU
-# client needs to use them in place.
+# Alignment of the host arrays handed to the devices where mmap cannot give pages (_host_array): a
+# page, more than XLA's CPU client needs to use them in place.
 _HOST_ALIGN = 4096
 
 
@@ -412,13 +413,21 @@ def _pad_rows(x, length):
 
 
 def _host_array(shape, dtype):
-  """An uninitialised NumPy array whose data start on a ``_HOST_ALIGN``-byte boundary.
+  """An uninitialised (Linux: zeroed) NumPy array whose data start on a page boundary.
 
-  XLA's CPU client then uses the array as the device buffer instead of copying it:
+  XLA's CPU client uses such an array as the device buffer instead of copying it:
   ``jax.device_put`` of 80 MB takes 0.1 ms instead of 37–53 ms (NumPy's own arrays are only
-  16-byte aligned). The array must not be written once it is on a device.
+  16-byte aligned). On Linux the pages are mapped populated (``MAP_POPULATE``): NumPy's large
+  arrays ask for transparent huge pages, whose first writes took 11 ms for 80 MB most of the time
+  but 110–190 ms when the kernel had to compact memory first (right after a large computation
+  freed its buffers, measured here); populating 4 KiB pages takes a steady 30 ms. The array must
+  not be written once it is on a device.
   """
-  nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+  size = int(np.prod(shape))
+  nbytes = size * np.dtype(dtype).itemsize
+  if nbytes and hasattr(mmap, "MAP_POPULATE"):
+    memory = mmap.mmap(-1, nbytes, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | mmap.MAP_POPULATE)
+    return np.frombuffer(memory, dtype, size).reshape(shape)
   raw = np.empty(nbytes + _HOST_ALIGN, np.uint8)
   start = -raw.ctypes.data % _HOST_ALIGN
   return raw[start:start + nbytes].view(dtype).reshape(shape)
