@@ -31,10 +31,9 @@ and prdc should agree (up to pairs within float32 round-off of a radius, see
 
 Beside each jaxmetrics row, ``products_s``: the time its tiles' matrix products alone would take
 (one ``block × block × d`` product timed in the same process, times the number of tiles of the
-three passes, a diagonal tile counted as the 3/4 of it that is computed), so ``prdc / products_s``
-is the largest speed-up over prdc that these products allow. Without padding and the diagonal
-tiles' redundant quarter they would be 2·N²·d multiply-adds, a few percent fewer (``gmac_per_s``
-gives the rate to time them at).
+three passes), so ``prdc / products_s`` is the largest speed-up over prdc that these products
+allow. A tiling without whole diagonal tiles and padding would do 2·N²·d multiply-adds, a few
+percent fewer (``gmac_per_s`` gives the rate to time them at).
 
 ``--selection`` instead times the k-NN passes' running selection (``manifold._smallest``) on a
 1024² tile of real distances: ``lax.top_k`` of whole rows and columns against the chunked search
@@ -136,26 +135,16 @@ def _best_of(f, *args, repeats=5):
   return _results.best_of(lambda: jax.block_until_ready(f(*args)), repeats)[0]
 
 
-def _pass_tiles(manifold, blocks, block):
-  """Tiles' worth of products in one symmetric k-NN pass of ``blocks`` row blocks: ``T(T − 1)/2``
-  whole tiles and ``T`` diagonal tiles, each computed as parts of ``h·b + (b − h)²`` products
-  (``manifold._smallest_symmetric``)."""
-  h = manifold._split(block)  # pylint: disable=protected-access
-  diagonal = (h * block + (block - h) ** 2) / block**2 if h else 1.0
-  return blocks * (blocks - 1) / 2 + blocks * diagonal
-
-
 def _products(manifold, n):
-  """The tiles' products of ``manifold_metrics`` on ``n + n`` rows, one device: their number in
-  tiles (two symmetric k-NN passes, :func:`_pass_tiles`, and the cross pass's ``T²``, for ``T`` row
-  blocks) times the time of one tile's product at ``Precision.HIGHEST``. The diagonal tiles' parts
-  are counted at the whole tile's rate."""
+  """The tiles' products of ``manifold_metrics`` on ``n + n`` rows, one device: their number (the
+  two symmetric k-NN passes compute ``T(T + 1)/2`` tiles each, the cross pass ``T²``, for ``T``
+  row blocks) times the time of one tile's product at ``Precision.HIGHEST``."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   mesh = manifold._check_mesh(None)  # pylint: disable=protected-access
   block = manifold._block(n, mesh, None)  # pylint: disable=protected-access
   blocks = -(-n // block)
-  tiles = 2 * _pass_tiles(manifold, blocks, block) + blocks * blocks
+  tiles = blocks * (blocks + 1) + blocks * blocks
   a = jnp.asarray(_features(block, D, seed=3))
   b = jnp.asarray(_features(block, D, seed=4))
   product = jax.jit(lambda a, b: jax.lax.dot_general(
@@ -194,9 +183,9 @@ def selection(n):
   finally:
     manifold._CHUNK = chunks  # pylint: disable=protected-access
   products = _products(manifold, n)
-  pass_tiles = _pass_tiles(manifold, products["blocks"], products["block"])
+  t = products["blocks"]  # one k-NN pass computes t(t + 1)/2 tiles
   return {"kk": kk, "n": n, "updates": updates, "passes": passes,
-          "pass_products_s": pass_tiles * products["tile_product_s"], **products}
+          "pass_products_s": t * (t + 1) // 2 * products["tile_product_s"], **products}
 
 
 def _run_child(library, n):
@@ -237,9 +226,8 @@ def markdown(result):
            "jaxmetrics and prdc compute all four metrics, torch-fidelity precision/recall only. "
            "prdc's precision/recall use its k = 5 and `<`, not ADM's k = 3 and `<=`.", "",
            "`products (s)`: the time the jaxmetrics row's matrix products alone take (tiles × one "
-           "tile's product, timed in its process; the 3/4 of each diagonal tile that is computed, "
-           "padding included); `prdc ÷ products` is then the largest speed-up over prdc that these "
-           "products allow.",
+           "tile's product, timed in its process; diagonal tiles whole, padding included); "
+           "`prdc ÷ products` is then the largest speed-up over prdc that these products allow.",
            "",
            "| N | library | time (s) | first call (s) | speed-up vs prdc | products (s) | "
            "prdc ÷ products | peak RSS (MB) | before (MB) | precision | recall | density | "

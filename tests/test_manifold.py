@@ -226,9 +226,8 @@ def test_duplicates_and_k1(capsys):
 def test_knn_radii_match_partition(devices, block_size):
   # Exact arithmetic, so the symmetric pass (a tile used for both of its blocks, transposed) must
   # give exactly the sorted rows of the full matrix, for any dealing of blocks to devices: 333 rows
-  # in blocks of 16 over 8 devices is 3 blocks per device and padding; 7 over 3 uneven padding.
-  # The diagonal tiles are cut (manifold._split) at 8 rows (blocks of 16), 3 (of 7), 16 (the
-  # default 42 rows on 8 devices) and not at all (blocks of 1).
+  # in blocks of 16 over 8 devices is 3 blocks per device and padding; 7 over 3 uneven padding;
+  # blocks of 1 row are all diagonal tiles or single distances.
   x = _quantised(333, 64, seed=7)
   _assert_exact_arithmetic(x)
   mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
@@ -284,22 +283,20 @@ def test_chunked_selection_is_exact(columns):
       np.testing.assert_array_equal(got, expected)
 
 
-@pytest.mark.parametrize("block_size", [192, 384])
-def test_chunked_passes_match_peers(block_size, capsys):
+def test_chunked_passes_match_peers(capsys):
   # Tiles of 192 rows (12 chunks of 16) on 2 devices: the chunked k-NN passes run (asserted), with
   # padding in the last tile of each device (601 and 487 rows padded to 768), on exact arithmetic,
-  # so radii and counts must equal the float64 references exactly. The diagonal tiles' parts are
-  # chunked too with tiles of 384 (cut at 192 rows), not with 192 (96 rows: 6 chunks < 2 kk).
+  # so radii and counts must equal the float64 references exactly.
   generated, reference = _quantised(601, 64, seed=1, shift=0.08), _quantised(487, 64, seed=2)
   reference[400:420] = reference[:20]  # duplicates: radii of 0 at k = 1, ties across tiles
   _assert_exact_arithmetic(generated, reference)
   mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
-  assert manifold._chunk(mesh) == 16 and manifold._split(192) == 96 and manifold._split(384) == 192
+  assert manifold._chunk(mesh) == 16 and 192 // 16 >= 2 * 6  # chunked for kk <= 6
   for k in (1, 3, 5):
     np.testing.assert_array_equal(
-        manifold.knn_radii(reference, k, block_size=block_size, mesh=mesh),
+        manifold.knn_radii(reference, k, block_size=192, mesh=mesh),
         np.partition(_sq_distances(reference, reference), k, axis=1)[:, k])
-  result = manifold.manifold_metrics(generated, reference, block_size=block_size, mesh=mesh)
+  result = manifold.manifold_metrics(generated, reference, block_size=192, mesh=mesh)
   inside, ref_inside, balls, covered = _counts(result)
   assert (inside, ref_inside) == _adm(generated, reference, 3)
   peer = _prdc(generated, reference, 5)

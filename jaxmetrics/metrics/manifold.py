@@ -57,10 +57,9 @@ of every process), the other set is replicated, and each device walks its rows i
 density) and per column block the "inside some query's ball" flags (recall) and nearest distance
 (coverage), combined over devices with ``pmax``/``pmin``. The two k-NN passes use that a set's
 distances to itself are symmetric: the tile of blocks ``I < J`` is computed once and updates the
-running ``k + 1`` smallest distances of both ``I``'s rows and ``J``'s, and the diagonal tile
-``I = J`` is computed as three parts, ``3/4`` of its products (:func:`_smallest_symmetric`), so a
-k-NN pass does little more than half the products of a full one (row blocks are dealt to the
-devices cyclically so that each gets the same share of tiles). The update is a ``lax.top_k``; on a
+running ``k + 1`` smallest distances of both ``I``'s rows and ``J``'s, so a k-NN pass does half
+the products of a full one, plus half of the diagonal tiles (row blocks are dealt to the devices
+cyclically so that each gets the same share of tiles). The update is a ``lax.top_k``; on a
 CPU, where its cost is per value sorted, only the ``k + 1`` chunks of 16 values of each tile row
 with the smallest minima are searched, without a sort, which is exact (:func:`_smallest`). A
 transposed tile holds ``‖u‖² − 2u·v + ‖v‖²`` with the roles of ``u`` and ``v`` swapped, which can
@@ -503,16 +502,19 @@ def _picks(values, kk):
   to it not taken yet. A taken row is set to +inf, so "not taken" is tracked apart: once every
   remaining value is +inf a taken row also equals the minimum."""
   rows = jax.lax.broadcasted_iota(jnp.int32, values.shape, 0)
-  free = jnp.ones(values.shape, bool)
-  picks = []
-  for _ in range(kk):
+
+  def round_(i, carry):
+    values, free, picks = carry
     low = jnp.min(values, axis=0, keepdims=True)
     pick = jnp.min(jnp.where((values == low) & free, rows, values.shape[0]), axis=0, keepdims=True)
     taken = rows == pick
-    values = jnp.where(taken, jnp.inf, values)
-    free = free & ~taken
-    picks.append(pick)
-  return jnp.concatenate(picks, axis=0)
+    picks = jax.lax.dynamic_update_slice_in_dim(picks, pick, i, axis=0)
+    return jnp.where(taken, jnp.inf, values), free & ~taken, picks
+
+  # full_like: the carries vary over the devices as ``values`` does (inside shard_map).
+  free = jnp.full_like(values, True, bool)
+  picks = jax.lax.full_like(values, 0, jnp.int32, (kk, values.shape[1]))
+  return jax.lax.fori_loop(0, kk, round_, (values, free, picks))[2]
 
 
 def _smallest_values(values, kk):
@@ -522,16 +524,18 @@ def _smallest_values(values, kk):
   column's minimum is +inf every remaining place is +inf, which is then right, whatever the count
   (entries already taken are +inf too)."""
   places = jnp.arange(kk)[:, None]
-  out = jnp.full((kk, values.shape[1]), jnp.inf, values.dtype)
-  filled = jnp.zeros((1, values.shape[1]), jnp.int32)
-  for _ in range(kk):
+
+  def round_(_, carry):
+    values, out, filled = carry
     low = jnp.min(values, axis=0, keepdims=True)
     equal = values == low
     count = jnp.sum(equal, axis=0, keepdims=True, dtype=jnp.int32)
     out = jnp.where((places >= filled) & (places < filled + count), low, out)
-    filled = filled + count
-    values = jnp.where(equal, jnp.inf, values)
-  return out
+    return jnp.where(equal, jnp.inf, values), out, filled + count
+
+  out = jax.lax.full_like(values, jnp.inf, values.dtype, (kk, values.shape[1]))
+  filled = jax.lax.full_like(values, 0, jnp.int32, (1, values.shape[1]))
+  return jax.lax.fori_loop(0, kk, round_, (values, out, filled))[1]
 
 
 def _chunk(mesh):
@@ -540,28 +544,20 @@ def _chunk(mesh):
   return _CHUNK.get(_platform(mesh))
 
 
-def _split(block):
-  """Where the diagonal tile of a ``block``-row block is cut (:func:`_smallest_symmetric`): near
-  the middle, which makes its three products ``3/4`` of the tile's, on a multiple of ``_ALIGN``
-  so that both parts are whole chunks for :func:`_smallest`. 0 (no cut) for a single row."""
-  half = block // 2
-  return half - half % _ALIGN if half >= _ALIGN else half
-
-
 def _smallest_symmetric(q, q_sq, c, c_sq, *, kk, block, chunk, axis):
   """One device's share of the k-NN pass of a set against itself, each distance computed once.
 
   ``q`` holds this device's row blocks, ``c`` the whole set (replicated); the squared norms are
   +inf for padded rows, which makes every distance to a padded point +inf (a padded row is zero,
   so its products are exactly 0, and ``inf − 0 + v = inf``): no tile needs a mask. The distances
-  between blocks ``I < J`` are computed in ``I``'s pass only: they update ``I``'s running smallest
-  distances and, transposed, ``J``'s (carried in ``col_best`` for the whole set, one copy per
-  device); tiles with ``J < I`` are skipped (``lax.cond``). The diagonal tile ``I = J`` is cut at
-  ``h`` (:func:`_split`): rows ``[0, h)`` against the whole block, rows ``[h, b)`` against
-  themselves and, transposed, against the first rows' columns ``[h, b)``: ``3/4`` of a tile's
-  products. A pass thus computes each distance once, plus a quarter of the diagonal tiles. Device
-  ``d``'s local block ``i`` is global block ``i · devices + d`` (the caller deals the blocks out
-  cyclically), which gives every device the same share of tiles.
+  between blocks ``I <= J`` are computed in ``I``'s pass only: they update ``I``'s running
+  smallest distances and, transposed, ``J``'s (carried in ``col_best`` for the whole set, one copy
+  per device), except on the diagonal tile ``I = J``, which holds both halves already; tiles with
+  ``J < I`` are skipped (``lax.cond``), so the pass does half the products of a full one, plus
+  half of the diagonal tiles. (Computing only ``3/4`` of a diagonal tile as three smaller
+  products saved 4 ms of 20 per diagonal tile but added a second of compilation, more than it
+  saves below ~10⁵ rows.) Device ``d``'s local block ``i`` is global block ``i · devices + d``
+  (the caller deals the blocks out cyclically), which gives every device the same share of tiles.
 
   Returns this device's rows' smallest distances ``(len(q), kk)`` and its column candidates for
   the whole set ``(1, len(c), kk)``, to be combined over devices by the caller.
@@ -570,18 +566,6 @@ def _smallest_symmetric(q, q_sq, c, c_sq, *, kk, block, chunk, axis):
   device = jax.lax.axis_index(axis)
   cols = _row_blocks(block, c, c_sq)
   n_blocks = c.shape[0] // block
-  h = _split(block)
-
-  def diagonal(qb, qb_sq):
-    none = jnp.full((block, kk), jnp.inf, jnp.float32)
-    if h == 0:
-      return _smallest(none, _sq_distances(qb, qb_sq, qb, qb_sq), kk, chunk)
-    top = _sq_distances(qb[:h], qb_sq[:h], qb, qb_sq)
-    bottom = _sq_distances(qb[h:], qb_sq[h:], qb[h:], qb_sq[h:])
-    best_top = _smallest(none[:h], top, kk, chunk)
-    best_bottom = _smallest(_smallest(none[h:], bottom, kk, chunk), top[:, h:], kk, chunk,
-                            columns=True)
-    return jnp.concatenate([best_top, best_bottom], axis=0)
 
   def row_block(col_best, args):
     i, qb, qb_sq = args
@@ -592,15 +576,16 @@ def _smallest_symmetric(q, q_sq, c, c_sq, *, kk, block, chunk, axis):
       cb, cb_sq = (jax.lax.dynamic_index_in_dim(a, j, keepdims=False) for a in cols)
       d2 = _sq_distances(qb, qb_sq, cb, cb_sq)
       current = jax.lax.dynamic_slice_in_dim(col_best, j * block, block)
-      col_best = jax.lax.dynamic_update_slice_in_dim(
-          col_best, _smallest(current, d2, kk, chunk, columns=True), j * block, axis=0)
+      # The diagonal tile is already in both of its blocks' rows: its column update is dropped.
+      update = jnp.where(j > g, _smallest(current, d2, kk, chunk, columns=True), current)
+      col_best = jax.lax.dynamic_update_slice_in_dim(col_best, update, j * block, axis=0)
       return _smallest(best, d2, kk, chunk), col_best
 
     def step(carry, j):
-      return jax.lax.cond(j > g, functools.partial(compute, j), lambda carry: carry, carry), None
+      return jax.lax.cond(j >= g, functools.partial(compute, j), lambda carry: carry, carry), None
 
-    (best, col_best), _ = jax.lax.scan(step, (diagonal(qb, qb_sq), col_best),
-                                       jnp.arange(n_blocks))
+    init = _varying(jnp.full((qb.shape[0], kk), jnp.inf, jnp.float32), axis)
+    (best, col_best), _ = jax.lax.scan(step, (init, col_best), jnp.arange(n_blocks))
     return col_best, best
 
   local = q.shape[0] // block
