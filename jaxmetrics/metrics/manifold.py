@@ -100,8 +100,9 @@ _DEFAULT_BLOCK_ACCELERATOR = 4096
 _ALIGN = 16
 _ALIGN_FROM = 256
 # Chunk of a tile row that the CPU k-NN passes select by (_smallest): of 8, 16, 32 and 64 on a
-# 1024² tile, 8 and 16 are the fastest, within 0.4 ms of each other per tile, 32 and 64 slower
-# (``benchmarks/manifold.py --selection``).
+# 1024² tile at kk = 6, 16 is the fastest (0.93 ms per rows or columns update, 8: 1.06–1.08 ms,
+# 32 and 64: 4.5–6.6 ms, whose merge has kk·chunk candidates; ``benchmarks/manifold.py
+# --selection``).
 _CHUNK = {"cpu": 16}
 # Alignment of the host arrays handed to the devices where mmap cannot give pages (_host_array): a
 # page, more than XLA's CPU client needs to use them in place.
