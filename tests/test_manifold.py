@@ -21,6 +21,8 @@ Two kinds of data make that impossible, and each test asserts the property it re
   pairs within the bound.
 """
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -222,19 +224,44 @@ def test_duplicates_and_k1(capsys):
   capsys.readouterr()
 
 
-@pytest.mark.parametrize("devices, block_size", [(8, 16), (1, 16), (3, 7), (8, None), (2, 1)])
-def test_knn_radii_match_partition(devices, block_size):
+@pytest.mark.parametrize("devices, block_size, chunk", [
+    (8, 16, None), (1, 16, None), (3, 7, None), (8, None, None), (2, 1, None), (8, 16, 1),
+    (3, 64, 2)])
+def test_knn_radii_match_partition(devices, block_size, chunk, monkeypatch):
   # Exact arithmetic, so the symmetric pass (a tile used for both of its blocks, transposed) must
   # give exactly the sorted rows of the full matrix, for any dealing of blocks to devices: 333 rows
   # in blocks of 16 over 8 devices is 3 blocks per device and padding; 7 over 3 uneven padding;
-  # blocks of 1 row are all diagonal tiles or single distances.
+  # blocks of 1 row are all diagonal tiles or single distances. These tiles are too small for the
+  # CPU's chunked selection (lax.top_k); with chunks of 1 and 2 it runs (asserted) on them.
   x = _quantised(333, 64, seed=7)
   _assert_exact_arithmetic(x)
   mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
-  for k in (1, 4):
-    expected = np.partition(_sq_distances(x, x), k, axis=1)[:, k]
-    np.testing.assert_array_equal(manifold.knn_radii(x, k, block_size=block_size, mesh=mesh),
-                                  expected)
+  picks = _count_calls(monkeypatch, "_picks")
+  if chunk:
+    monkeypatch.setitem(manifold._CHUNK, "cpu", chunk)
+  manifold._radii.clear_cache()  # compiled with the default chunk, or with this one
+  try:
+    for k in (1, 4):
+      expected = np.partition(_sq_distances(x, x), k, axis=1)[:, k]
+      np.testing.assert_array_equal(manifold.knn_radii(x, k, block_size=block_size, mesh=mesh),
+                                    expected)
+  finally:
+    manifold._radii.clear_cache()
+  assert (picks.count > 0) == bool(chunk)
+
+
+class _count_calls:
+  """Counts the calls (at tracing) of ``manifold.<name>``, which it wraps for one test."""
+
+  def __init__(self, monkeypatch, name):
+    self.count = 0
+    function = getattr(manifold, name)
+
+    def counted(*args, **kwargs):
+      self.count += 1
+      return function(*args, **kwargs)
+
+    monkeypatch.setattr(manifold, name, counted)
 
 
 def test_default_tiles_pad_little():
@@ -267,8 +294,8 @@ def test_chunked_selection_is_exact(columns):
   rng = np.random.default_rng(0)
   tile = rng.integers(0, 40, (192, 256)).astype(np.float32)
   tile[rng.random(tile.shape) < 0.3] = np.inf
-  tile[:, 32:48] = np.inf  # an all-inf chunk of a column
-  tile[:, 5::16] = np.inf  # an all-inf chunk of a row
+  tile[32:48, :] = np.inf  # an all-inf chunk of every column
+  tile[:, 5::16] = np.inf  # an all-inf chunk of every row
   lines = tile.T if columns else tile
   lines[:3] = np.inf
   lines[0, 100], lines[1, [7, 150]], lines[2, [20, 21]] = 3, 5, 0
@@ -283,7 +310,7 @@ def test_chunked_selection_is_exact(columns):
       np.testing.assert_array_equal(got, expected)
 
 
-def test_chunked_passes_match_peers(capsys):
+def test_chunked_passes_match_peers(capsys, monkeypatch):
   # Tiles of 192 rows (12 chunks of 16) on 2 devices: the chunked k-NN passes run (asserted), with
   # padding in the last tile of each device (601 and 487 rows padded to 768), on exact arithmetic,
   # so radii and counts must equal the float64 references exactly.
@@ -291,7 +318,9 @@ def test_chunked_passes_match_peers(capsys):
   reference[400:420] = reference[:20]  # duplicates: radii of 0 at k = 1, ties across tiles
   _assert_exact_arithmetic(generated, reference)
   mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
-  assert manifold._chunk(mesh) == 16 and 192 // 16 >= 2 * 6  # chunked for kk <= 6
+  picks = _count_calls(monkeypatch, "_picks")
+  manifold._radii.clear_cache()
+  manifold._manifold.clear_cache()
   for k in (1, 3, 5):
     np.testing.assert_array_equal(
         manifold.knn_radii(reference, k, block_size=192, mesh=mesh),
@@ -301,6 +330,7 @@ def test_chunked_passes_match_peers(capsys):
   assert (inside, ref_inside) == _adm(generated, reference, 3)
   peer = _prdc(generated, reference, 5)
   assert (balls, covered) == (peer["density_total"], peer["coverage"])
+  assert picks.count > 0 and manifold._chunk(mesh) == 16
   capsys.readouterr()
 
 
@@ -315,6 +345,26 @@ def test_host_arrays_are_page_aligned(populate, monkeypatch):
     assert a.shape == shape and a.dtype == dtype and a.ctypes.data % 4096 == 0
     a[...] = 2
     assert a.sum() == 2 * a.size
+  # The CPU devices use it in place (the point of the alignment)...
+  a = manifold._host_array((1000, 7), np.float32)
+  a[...] = 1
+  mesh = Mesh(np.array(jax.devices()[:2]), ("data",))
+  on_devices = manifold._replicated(a, mesh)
+  assert all(s.data.unsafe_buffer_pointer() == a.ctypes.data for s in on_devices.addressable_shards)
+  # ...and _padded writes the padding itself: garbage in a fallback array changes nothing.
+  generated, reference = _quantised(100, 16, seed=12), _quantised(90, 16, seed=13)
+  expected = manifold.manifold_metrics(generated, reference)
+  host_array = manifold._host_array
+
+  def garbage(shape, dtype):
+    out = host_array(shape, dtype)
+    out.fill(np.nan)
+    return out
+
+  monkeypatch.setattr(manifold, "_host_array", garbage)
+  got = manifold.manifold_metrics(generated, reference)
+  for field in dataclasses.fields(got):
+    np.testing.assert_array_equal(getattr(got, field.name), getattr(expected, field.name))
 
 
 def test_jax_inputs_and_no_recompilation():
@@ -328,6 +378,10 @@ def test_jax_inputs_and_no_recompilation():
 
 FEATURES = np.ones((10, 4), np.float32)
 NAN = np.where(np.eye(10, 4, dtype=bool), np.nan, 1).astype(np.float32)
+# Finite, but squared norms beyond float32 (1e20² = inf) or above FLT_MAX/4 (4 · (5e18)² = 1e38):
+# their distances could be inf − inf = NaN.
+HUGE = np.concatenate([FEATURES[:8], np.full((1, 4), 1e20), np.full((1, 4), 5e18)]).astype(
+    np.float32)
 
 
 @pytest.mark.parametrize("call, message", [
@@ -349,6 +403,11 @@ NAN = np.where(np.eye(10, 4, dtype=bool), np.nan, 1).astype(np.float32)
      r"^generated: expected finite features, got NaN or inf in 4 row\(s\)$"),
     (lambda: manifold.precision_recall(FEATURES, jnp.asarray(NAN)),
      r"^reference: expected finite features, got NaN or inf in 4 row\(s\)$"),
+    (lambda: manifold.density_coverage(HUGE, FEATURES),
+     r"^generated: expected squared norms of at most 8.51e\+37 \(float32 distances would "
+     r"overflow\), got 2 row\(s\) above$"),
+    (lambda: manifold.knn_radii(jnp.asarray(HUGE), 3),
+     r"^features: expected squared norms of at most 8.51e\+37 .*, got 2 row\(s\) above$"),
     (lambda: manifold.precision_recall(FEATURES.astype(np.int32), FEATURES),
      r"^generated: expected a floating array, got int32$"),
     (lambda: manifold.precision_recall(FEATURES, FEATURES, block_size=0),
@@ -358,7 +417,7 @@ NAN = np.where(np.eye(10, 4, dtype=bool), np.nan, 1).astype(np.float32)
     (lambda: jax.jit(lambda x: manifold.knn_radii(x, 3))(FEATURES),
      r"^features: expected a concrete array, got a tracer"),
 ], ids=["k_ge_n_reference", "k_ge_n_generated", "k_zero", "dims_differ", "not_2d",
-        "one_sample", "nan_numpy", "nan_jax", "integer", "block_size", "mesh", "tracer"])
+        "one_sample", "nan_numpy", "nan_jax", "huge_numpy", "huge_jax", "integer", "block_size", "mesh", "tracer"])
 def test_bad_input(call, message):
   with pytest.raises(InputError, match=message):
     call()

@@ -61,7 +61,9 @@ running ``k + 1`` smallest distances of both ``I``'s rows and ``J``'s, so a k-NN
 the products of a full one, plus half of the diagonal tiles (row blocks are dealt to the devices
 cyclically so that each gets the same share of tiles). The update is a ``lax.top_k``; on a
 CPU, where its cost is per value sorted, only the ``k + 1`` chunks of 16 values of each tile row
-with the smallest minima are searched, without a sort, which is exact (:func:`_smallest`). A
+(and column) with the smallest minima are searched, without a sort, which is exact
+(:func:`_smallest`); that needs tiles of whole chunks, at least ``2(k + 1)`` of them (default
+tiles are from 256 rows per device on), smaller or ragged tiles use ``lax.top_k``. A
 transposed tile holds ``‖u‖² − 2u·v + ‖v‖²`` with the roles of ``u`` and ``v`` swapped, which can
 round differently in the last bits; like every other rounding difference from the peers, that
 decides a result only for a distance within float32 round-off of a radius. Both sets are padded
@@ -104,6 +106,11 @@ _ALIGN_FROM = 256
 # 32 and 64: 4.5–6.6 ms, whose merge has kk·chunk candidates; ``benchmarks/manifold.py
 # --selection``).
 _CHUNK = {"cpu": 16}
+# Largest squared norm of a feature row. With ‖u‖², ‖v‖² <= FLT_MAX/4, also |2u·v| <= FLT_MAX/2
+# (Cauchy–Schwarz, for every partial sum of the product too), so no term of ‖u‖² − 2u·v + ‖v‖²
+# overflows float32 and no distance is inf − inf = NaN, which the selection (_smallest) and the
+# comparisons would not survive. Features reach it near 2e17 per coordinate at d = 2048.
+_MAX_SQ_NORM = float(np.finfo(np.float32).max) / 4
 # Alignment of the host arrays handed to the devices where mmap cannot give pages (_host_array): a
 # page, more than XLA's CPU client needs to use them in place.
 _HOST_ALIGN = 4096
@@ -339,17 +346,28 @@ def _check_mesh(mesh):
 
 
 def _check_finite(x, name):
+  """Refuses rows with NaN or inf, and finite rows whose squared norm exceeds ``_MAX_SQ_NORM``."""
   if isinstance(x, np.ndarray):
-    bad = int(np.count_nonzero(~np.isfinite(x).all(axis=1)))
+    sq = np.einsum("ij,ij->i", x, x)  # float32 (_check_features); NaN or inf for non-finite rows
+    bad = ~(sq <= _MAX_SQ_NORM)
+    nonfinite = int(np.count_nonzero(~np.isfinite(x[bad]).all(axis=1))) if bad.any() else 0
+    large = int(np.count_nonzero(bad)) - nonfinite
   else:
-    bad = int(jax.device_get(_nonfinite_rows(x)))
-  if bad:
-    raise InputError(f"{name}: expected finite features, got NaN or inf in {bad} row(s)")
+    nonfinite, large = (int(v) for v in jax.device_get(_bad_rows(x)))
+  if nonfinite:
+    raise InputError(f"{name}: expected finite features, got NaN or inf in {nonfinite} row(s)")
+  if large:
+    raise InputError(f"{name}: expected squared norms of at most {_MAX_SQ_NORM:.3g} (float32 "
+                     f"distances would overflow), got {large} row(s) above")
 
 
 @jax.jit
-def _nonfinite_rows(x):
-  return jnp.sum(~jnp.all(jnp.isfinite(x), axis=1), dtype=jnp.int32)
+def _bad_rows(x):
+  """(rows with NaN or inf, finite rows with a squared norm above ``_MAX_SQ_NORM``), int32."""
+  x = x.astype(jnp.float32)
+  finite = jnp.all(jnp.isfinite(x), axis=1)
+  large = finite & ~(_sq_norms(x) <= _MAX_SQ_NORM)
+  return jnp.sum(~finite, dtype=jnp.int32), jnp.sum(large, dtype=jnp.int32)
 
 
 def _replicated(x, mesh):
@@ -393,8 +411,9 @@ def _tile_rows(rows, block_size, platform, *, align=True):
 
 def _padded(x, block, mesh):
   """``x`` as float32, padded with zero rows to a multiple of ``block × devices``, on every device
-  of ``mesh``: a NumPy ``x`` is padded on the host, into a new aligned array that the devices can
-  use without a copy (:func:`_host_array`); a JAX one by the devices holding it."""
+  of ``mesh``: a NumPy ``x`` is padded on the host, into a new aligned array that CPU devices use
+  without a copy (:func:`_host_array`; other devices copy it in); a JAX one by the devices holding
+  it. The padding rows are written: a fallback host array is not zeroed."""
   n, d = x.shape
   multiple = block * mesh.size
   length = -(-n // multiple) * multiple
@@ -472,10 +491,11 @@ def _smallest(best, tile, kk, chunk, *, columns=False):
   ``>= min(D) >=`` each of the ``kk`` chosen minima, so at least ``kk`` searched values are
   ``<= e`` and ``e`` can only tie with what is kept, never displace it. Any partition into chunks
   will do: a row's chunks are its columns ``j, j + m/chunk, j + 2m/chunk, …``, a column's are runs
-  of ``chunk`` rows, so that the minima are elementwise minima of whole tile rows.
+  of ``chunk`` rows, so that the minima are elementwise minima of contiguous vectors. The tile
+  must hold no NaN (:func:`_check_finite` rules it out).
 
-  Why: on a CPU ``lax.top_k`` costs per value sorted (2.7 ms for a 1024² tile at ``kk = 6``,
-  against 20 ms for the tile's product). The minima, the choice of ``kk`` chunks (:func:`_picks`),
+  Why: on a CPU ``lax.top_k`` costs per value sorted (2.9 / 4.2 ms per row / column update of a
+  1024² tile at ``kk = 6``, against 20 ms for the tile's product). The minima, the choice of ``kk`` chunks (:func:`_picks`),
   the gather and the final :func:`_smallest_values` are each a few passes of elementwise minima
   and comparisons over small arrays, laid out so that every reduction runs across rows of
   contiguous values (times: ``benchmarks/manifold.py --selection``).
@@ -501,7 +521,9 @@ def _picks(values, kk):
   """Row numbers of ``kk`` distinct rows holding the ``kk`` smallest of each column of ``values``
   (ties in any order), ``(kk, columns)`` int32: ``kk`` rounds of a minimum and the first row equal
   to it not taken yet. A taken row is set to +inf, so "not taken" is tracked apart: once every
-  remaining value is +inf a taken row also equals the minimum."""
+  remaining value is +inf a taken row also equals the minimum; a free one is then left as long as
+  ``values`` has more than ``kk`` rows (:func:`_smallest` gives it ``>= 2·kk``). No NaN: a column
+  with one would get the out-of-range pick ``len(values)``."""
   rows = jax.lax.broadcasted_iota(jnp.int32, values.shape, 0)
 
   def round_(i, carry):
@@ -523,7 +545,7 @@ def _smallest_values(values, kk):
   ``(kk, columns)``: ``kk`` rounds, each of which takes a column's minimum, fills as many of the
   remaining places with it as it occurs (at least once) and sets those entries to +inf. Once a
   column's minimum is +inf every remaining place is +inf, which is then right, whatever the count
-  (entries already taken are +inf too)."""
+  (entries already taken are +inf too). No NaN: a column with one would come out all +inf."""
   places = jnp.arange(kk)[:, None]
 
   def round_(_, carry):
@@ -604,8 +626,8 @@ def _masked_sq_norms(x, valid):
 def _knn(x, x_valid, *, kk, block, mesh):
   """The ``kk`` smallest squared distances of every row of ``x`` to the valid rows of ``x``.
 
-  ``x`` is padded to whole blocks on every device (:func:`_padded`); padded rows get +inf (they
-  are masked by the callers). Row blocks are dealt out to the devices cyclically (see
+  ``x`` is padded to whole blocks on every device (:func:`_padded`); the padded rows' results are
+  all +inf (the callers mask them). Row blocks are dealt out to the devices cyclically (see
   :func:`_smallest_symmetric`), and every device's column candidates are merged with the rows'
   own at the end.
   """
