@@ -155,6 +155,9 @@ def test_bad_input():
   x = _embeddings(8, 10, 4)
   with_nan, with_inf = x.copy(), x.astype(np.float32)
   with_nan[3, 1], with_inf[[2, 5], 0] = np.nan, np.inf
+  x32 = x.astype(np.float32)
+  with_huge = x32.copy()
+  with_huge[4] = 1e20
   cases = [
       (lambda: jaxmetrics.cmmd(x[0], x), "x: expected embeddings of shape (N, d)"),
       (lambda: jaxmetrics.cmmd(x, x[:, :3]), "y: expected 4 features per row like x"),
@@ -163,6 +166,12 @@ def test_bad_input():
       (lambda: jaxmetrics.cmmd(with_nan, x), "x: expected finite embeddings, got NaN or inf in 1"),
       (lambda: jaxmetrics.cmmd(x, jnp.asarray(with_inf)), "y: expected finite embeddings, got NaN "
        "or inf in 2"),
+      # Finite, but 1e20² overflows float32: the distances would be inf − inf = NaN (float64
+      # embeddings are computed in float64, where it does not).
+      (lambda: jaxmetrics.cmmd(x32, with_huge), "y: expected squared norms of at most 8.51e+37 "
+       "(float32 distances would overflow), got 1 row(s) above"),
+      (lambda: jaxmetrics.cmmd(jnp.asarray(with_huge), x32), "x: expected squared norms of at "
+       "most 8.51e+37"),
       (lambda: mmd.mmd_rbf(x, x, sigma=0), "sigma: expected a finite number > 0"),
       (lambda: mmd.mmd_rbf(x, x, scale=float("nan")), "scale: expected a finite number"),
       (lambda: jaxmetrics.cmmd(x, x, block_size=0), "block_size"),

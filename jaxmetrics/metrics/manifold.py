@@ -106,11 +106,6 @@ _ALIGN_FROM = 256
 # 32 and 64: 4.5–6.6 ms, whose merge has kk·chunk candidates; ``benchmarks/manifold.py
 # --selection``).
 _CHUNK = {"cpu": 16}
-# Largest squared norm of a feature row. With ‖u‖², ‖v‖² <= FLT_MAX/4, also |2u·v| <= FLT_MAX/2
-# (Cauchy–Schwarz, for every partial sum of the product too), so no term of ‖u‖² − 2u·v + ‖v‖²
-# overflows float32 and no distance is inf − inf = NaN, which the selection (_smallest) and the
-# comparisons would not survive. Features reach it near 2e17 per coordinate at d = 2048.
-_MAX_SQ_NORM = float(np.finfo(np.float32).max) / 4
 # Alignment of the host arrays handed to the devices where mmap cannot give pages (_host_array): a
 # page, more than XLA's CPU client needs to use them in place.
 _HOST_ALIGN = 4096
@@ -345,28 +340,42 @@ def _check_mesh(mesh):
   return mesh
 
 
-def _check_finite(x, name):
-  """Refuses rows with NaN or inf, and finite rows whose squared norm exceeds ``_MAX_SQ_NORM``."""
+def _check_finite(x, name, *, dtype=np.float32, what="features"):
+  """Refuses rows of ``x`` (computed with in ``dtype``) with NaN or inf, and finite rows whose
+  squared norm exceeds :func:`_max_sq_norm`, in one line naming ``name``. A NumPy ``x`` must
+  already be of ``dtype``."""
+  bound = _max_sq_norm(dtype)
   if isinstance(x, np.ndarray):
-    sq = np.einsum("ij,ij->i", x, x)  # float32 (_check_features); NaN or inf for non-finite rows
-    bad = ~(sq <= _MAX_SQ_NORM)
+    sq = np.einsum("ij,ij->i", x, x)  # NaN or inf for rows that are not finite
+    bad = ~(sq <= bound)
     nonfinite = int(np.count_nonzero(~np.isfinite(x[bad]).all(axis=1))) if bad.any() else 0
     large = int(np.count_nonzero(bad)) - nonfinite
   else:
-    nonfinite, large = (int(v) for v in jax.device_get(_bad_rows(x)))
+    nonfinite, large = (int(v) for v in jax.device_get(_bad_rows(x, np.dtype(dtype))))
   if nonfinite:
-    raise InputError(f"{name}: expected finite features, got NaN or inf in {nonfinite} row(s)")
+    raise InputError(f"{name}: expected finite {what}, got NaN or inf in {nonfinite} row(s)")
   if large:
-    raise InputError(f"{name}: expected squared norms of at most {_MAX_SQ_NORM:.3g} (float32 "
+    raise InputError(f"{name}: expected squared norms of at most {bound:.3g} ({np.dtype(dtype)} "
                      f"distances would overflow), got {large} row(s) above")
 
 
-@jax.jit
-def _bad_rows(x):
-  """(rows with NaN or inf, finite rows with a squared norm above ``_MAX_SQ_NORM``), int32."""
-  x = x.astype(jnp.float32)
+def _max_sq_norm(dtype):
+  """Largest squared norm of a row, a quarter of ``dtype``'s largest value.
+
+  With ``‖u‖², ‖v‖² <= max/4``, also ``|2u·v| <= max/2`` (Cauchy–Schwarz, for every partial sum of
+  the product too), so no term of ``‖u‖² − 2u·v + ‖v‖²`` overflows and no distance is
+  ``inf − inf = NaN``, which the k-NN selection (:func:`_smallest`), the comparisons and the MMD
+  kernel sums would not survive. float32 features reach it near 2e17 per coordinate at d = 2048.
+  """
+  return float(np.finfo(dtype).max) / 4
+
+
+@functools.partial(jax.jit, static_argnames="dtype")
+def _bad_rows(x, dtype):
+  """(rows with NaN or inf, finite rows with a squared norm above the bound), int32, in ``dtype``."""
+  x = x.astype(dtype)
   finite = jnp.all(jnp.isfinite(x), axis=1)
-  large = finite & ~(_sq_norms(x) <= _MAX_SQ_NORM)
+  large = finite & ~(_sq_norms(x) <= _max_sq_norm(dtype))
   return jnp.sum(~finite, dtype=jnp.int32), jnp.sum(large, dtype=jnp.int32)
 
 

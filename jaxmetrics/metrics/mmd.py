@@ -67,6 +67,7 @@ from jaxmetrics.metrics import _float64
 # The tiles' default size (at most 1024 rows on CPU, 4096 on accelerators) and checks are
 # manifold's.
 from jaxmetrics.metrics.manifold import _check_block_size
+from jaxmetrics.metrics.manifold import _check_finite
 from jaxmetrics.metrics.manifold import _check_mesh
 from jaxmetrics.metrics.manifold import _host_array
 from jaxmetrics.metrics.manifold import _platform
@@ -166,11 +167,6 @@ def _check_embeddings(x, name):
   return x
 
 
-@jax.jit
-def _nonfinite_rows(x):
-  return jnp.sum(~jnp.all(jnp.isfinite(x), axis=1), dtype=jnp.int32)
-
-
 # ---------------------------------------------------------------------------------- schedule ---
 
 
@@ -232,18 +228,13 @@ def _stacked(x, y, x_rows, y_rows, dtype):
   """``[X; 0; Y; 0]`` in ``dtype``, each set zero-padded to its rows, and the mask of real rows.
 
   Built before placement (on the host for NumPy inputs), so that the devices hold one copy of the
-  two sets. Non-finite rows are refused here.
+  two sets. Rows that are not finite, or whose squared norm would overflow the distances, are
+  refused here (:func:`jaxmetrics.metrics.manifold._check_finite`).
   """
   parts = []
   for a, rows, name in ((x, x_rows, "x"), (y, y_rows, "y")):
-    if isinstance(a, np.ndarray):
-      a = np.asarray(a, dtype)
-      bad = int(np.count_nonzero(~np.isfinite(a).all(axis=1)))
-    else:
-      a = jnp.asarray(a, dtype)
-      bad = int(jax.device_get(_nonfinite_rows(a)))
-    if bad:
-      raise InputError(f"{name}: expected finite embeddings, got NaN or inf in {bad} row(s)")
+    a = np.asarray(a, dtype) if isinstance(a, np.ndarray) else jnp.asarray(a, dtype)
+    _check_finite(a, name, dtype=dtype, what="embeddings")
     parts.append((a, rows))
   valid = np.concatenate([np.arange(rows) < a.shape[0] for a, rows in parts])
   if all(isinstance(a, np.ndarray) for a, _ in parts):
