@@ -1,4 +1,6 @@
-"""The real ``jaxmetrics`` console entry point, run in a subprocess on a small folder of images."""
+"""The ``jaxmetrics`` command line on small folders of images: ``cli.main`` in this process
+(tests/_cli.py says why), and the real ``python -m jaxmetrics`` entry point in a fresh process for
+the first test and for what only a fresh process shows."""
 
 import json
 import os
@@ -12,14 +14,8 @@ from PIL import Image
 
 from jaxmetrics.networks import inception
 from tests import _inception_fixtures as fixtures
+from tests._cli import run as _run, run_process
 from tests._reference import reference_fid_of_features
-
-
-def _run(*args, cache, env=None):
-  env = dict(os.environ, JAXMETRICS_CACHE=str(cache), **(env or {}))
-  env.pop("XLA_FLAGS", None)
-  return subprocess.run([sys.executable, "-m", "jaxmetrics", *map(str, args)], capture_output=True,
-                        text=True, env=env, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -40,7 +36,7 @@ def folder(tmp_path_factory):
 
 def test_features_command_matches_the_python_api(folder, inception_checkpoints, tmp_path):
   out = tmp_path / "features.npz"
-  result = _run("features", folder, "--weights", inception_checkpoints["legacy"], "--no-hash-check",
+  result = run_process("features", folder, "--weights", inception_checkpoints["legacy"], "--no-hash-check",
                 "--json", "--batch-size", "2", "-o", out, cache=tmp_path / "cache")
   assert result.returncode == 0, result.stderr
   summary = json.loads(result.stdout)
@@ -386,7 +382,7 @@ def test_one_cpu_device_per_core_by_default():
   # A count the caller forces is theirs.
   forced = {"XLA_FLAGS": "--xla_force_host_platform_device_count=5", "JAXMETRICS_CPU_DEVICES": "3"}
   assert int(_device_count(forced).stdout) == 5
-  bad = _run("cache", "info", cache="unused", env={"JAXMETRICS_CPU_DEVICES": "zero"})
+  bad = run_process("cache", "info", cache="unused", env={"JAXMETRICS_CPU_DEVICES": "zero"})
   assert bad.returncode == 2 and bad.stderr.strip() == (
       "jaxmetrics cache: error: JAXMETRICS_CPU_DEVICES: expected a positive integer, got 'zero'")
   assert cli.cpu_devices() is None  # this process forces its device count in conftest
