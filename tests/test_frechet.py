@@ -77,6 +77,9 @@ CASES = {
     "well_conditioned": (2000, 3000, 1.0),
     "rank_deficient_both": (60, 90, 1.0),
     "rank_deficient_one": (60, 3000, 1.0),
+    # fewer than d/4 samples: factors with only their last d/4 columns nonzero, the small products
+    "few_samples_both": (20, 30, 1.0),
+    "few_samples_one": (20, 3000, 1.0),
     "large_scale": (2000, 3000, 1e3),
     "small_scale": (2000, 3000, 1e-3),
 }
@@ -130,6 +133,8 @@ HARD_CASES = {
     "near_identical": (_near_identical, "textbook"),
     "rank_deficient_both": (lambda: (_features(1, 60), _features(2, 90, tilt=0.1)), "exact"),
     "rank_deficient_one": (lambda: (_features(1, 60), _features(2, 3000, tilt=0.1)), "exact"),
+    "few_samples_both": (lambda: (_features(1, 20), _features(2, 30, tilt=0.1)), "exact"),
+    "few_samples_one": (lambda: (_features(1, 20), _features(2, 3000, tilt=0.1)), "exact"),
     "relu_low_rank": (lambda: (_relu_low_rank(1, 1000), _relu_low_rank(2, 1200)), "exact"),
     "large_scale": (lambda: (_features(1, 2000, scale=1e3), _features(2, 3000, scale=1e3,
                                                                      tilt=0.1)), "textbook"),
@@ -300,6 +305,27 @@ def test_covariance_factor_route():
     # are below 4 ε λ_max each: 32 ε‖Σ‖₂ bounds F Fᵀ − Σ entrywise with room for any LAPACK.
     np.testing.assert_allclose(factor @ factor.T, sigma, rtol=0,
                                atol=F32_TOL * np.linalg.norm(sigma, 2))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_small_products_of_compact_factors(dtype):
+  """A covariance of fewer than d/4 samples has an eigh factor whose columns before its last d/4
+  are exactly 0, and the distance then takes the singular values of the d/4-wide products (the
+  cheap branch of frechet._nuclear_norm_of_product). Every branch gives the full product's sum of
+  singular values, to the float32 bar or 1e-12 relative in float64."""
+  from jaxmetrics.metrics.frechet import _covariance_factor, _nuclear_norm_of_product
+  few, many = _features(1, 20), _features(2, 3000, tilt=0.1)
+  with jax.enable_x64(dtype == np.float64):
+    factors = [_covariance_factor(jnp.asarray(np.cov(x, rowvar=False), dtype)) for x in (few, many)]
+    assert np.all(np.asarray(factors[0])[:, :-D // 4] == 0)  # the eigh factor: compact
+    assert not np.all(np.asarray(factors[1])[:, :-D // 4] == 0)  # the Cholesky factor: not
+    for a in factors:
+      for b in factors:
+        full = np.linalg.svd(np.asarray(a, np.float64).T @ np.asarray(b, np.float64),
+                             compute_uv=False).sum()
+        got = float(_nuclear_norm_of_product(a, b))
+        tolerance = F32_TOL if dtype == np.float32 else F64_TOL
+        assert abs(got - full) <= tolerance * full
 
 
 def test_matches_pytorch_fid_sqrtm_route():

