@@ -29,11 +29,12 @@ class Result(NamedTuple):
   stderr: str
 
 
-def run(*args, cache, env=None):
-  """``jaxmetrics ARGS`` in this process, with ``JAXMETRICS_CACHE=cache`` and ``env`` set."""
+def run(*args, cache=None, env=None):
+  """``jaxmetrics ARGS`` in this process, with ``JAXMETRICS_CACHE=cache`` (unless None) and
+  ``env`` set."""
   from jaxmetrics.pipeline import cli  # pylint: disable=import-outside-toplevel
   saved = dict(os.environ)
-  os.environ.update({"JAXMETRICS_CACHE": str(cache), **(env or {})})
+  os.environ.update({**({} if cache is None else {"JAXMETRICS_CACHE": str(cache)}), **(env or {})})
   stdout, stderr = io.StringIO(), io.StringIO()
   try:
     with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr), \

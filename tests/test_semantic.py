@@ -213,10 +213,8 @@ def test_clip_score_matches_torchmetrics(tiny_clip):
 
 
 def _semsim_cli(*args):
-  import subprocess
-  import sys
-  return subprocess.run([sys.executable, "-m", "jaxmetrics", "semsim", *map(str, args), "--json"],
-                        capture_output=True, text=True, timeout=600)
+  from tests import _cli  # in-process: tests/_cli.py says why
+  return _cli.run("semsim", *args, "--json")
 
 
 def test_semsim_command_equals_the_python_api(tmp_path):

@@ -12,9 +12,6 @@ textbook formula of ``tests/_reference.py``, which is dgm-eval's ``compute_FD_wi
 """
 
 import json
-import os
-import subprocess
-import sys
 
 import jax
 import numpy as np
@@ -31,6 +28,7 @@ from jaxmetrics.networks import inception
 from jaxmetrics.pipeline import evaluation
 from jaxmetrics.pipeline import sources
 from jaxmetrics._errors import InputError, WeightsError
+from tests import _cli
 from tests import _dinov2_fixtures as dinov2_fixtures
 from tests import _inception_fixtures as fixtures
 from tests._clip_fixtures import OPENAI_VARIANT, make_checkpoint, openai_module, save_openai_archive
@@ -329,7 +327,6 @@ def test_command_line_mixes_spaces(checkpoints, folders, tmp_path, monkeypatch):
   and the numbers are the Python API's (both cached float64 statistics through the same float64
   routes, so equal exactly)."""
   monkeypatch.setenv("JAXMETRICS_CACHE", str(tmp_path))
-  env = dict(os.environ)
   api = jaxmetrics.evaluate(folders["a"], folders["b"], metrics="fid,fd_dinov2,kid_dinov2,cmmd",
                             weights=checkpoints["inception"], dinov2=checkpoints["dinov2"],
                             clip=checkpoints["clip"], check_hash=False, kid_subset_size=4,
@@ -337,9 +334,7 @@ def test_command_line_mixes_spaces(checkpoints, folders, tmp_path, monkeypatch):
   args = ["eval", folders["a"], folders["b"], "--metrics", "fid,fd_dinov2,kid_dinov2,cmmd",
           "--weights", checkpoints["inception"], "--dinov2", checkpoints["dinov2"], "--clip",
           checkpoints["clip"], "--no-hash-check", "--kid-subset-size", "4", "--kid-subsets", "3"]
-  run = lambda *extra: subprocess.run([sys.executable, "-m", "jaxmetrics", *map(str, args),
-                                       *extra], capture_output=True, text=True, env=env,
-                                      timeout=600)
+  run = lambda *extra: _cli.run(*args, *extra)  # in-process: tests/_cli.py says why
   result = run("--json")
   assert result.returncode == 0, result.stderr
   got = json.loads(result.stdout)
@@ -354,8 +349,6 @@ def test_command_line_mixes_spaces(checkpoints, folders, tmp_path, monkeypatch):
   assert lines[0] == f"FID  {api['fid']:.6f}" and f"FD_DINOv2 {api['fd_dinov2']:.6f}" in lines
   assert f"CMMD {api['cmmd']:.6f}" in lines
   assert "DINOv2 " in lines[-1] and "resize dgm-eval" in lines[-1] and "CLIP " in lines[-1]
-  missing = subprocess.run([sys.executable, "-m", "jaxmetrics", "eval", str(folders["a"]),
-                            str(folders["b"]), "--metrics", "fd_dinov2"], capture_output=True,
-                           text=True, env=env, timeout=600)
+  missing = _cli.run("eval", folders["a"], folders["b"], "--metrics", "fd_dinov2")
   assert missing.returncode == 1 and "lists no sha256" in missing.stderr
   assert len(missing.stderr.strip().splitlines()) == 1
