@@ -1,5 +1,6 @@
 """Kernel Inception Distance against torch-fidelity's own ``metric_kid``."""
 
+import re
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -196,3 +197,52 @@ def test_float64_kid_where_float32_cancels():
     assert isinstance(mean, np.float64) and isinstance(std, np.float64)
     assert mean == pytest.approx(reference, rel=1e-9)
     assert std == 0.0
+
+
+def test_large_mmd2_matches_the_peer(method):
+  """Features of RMS 1e4 give MMD² of ~6e20 in float32: the standard deviation squared them to inf
+  before (kid._std scales first). torch-fidelity fed the same features as float64 is the
+  reference; the kernels (~1e24) dwarf nothing here, as MMD² is a tenth of them, so float32 keeps
+  ~sqrt(m)·eps ≈ 1e-6 of it (measured ≤ 8e-7): 1e-5 relative."""
+  rng = np.random.default_rng(0)
+  x = (rng.normal(size=(300, 64)) * 1e4).astype(np.float32)
+  y = (rng.normal(size=(250, 64)) * 1.1e4 + 1e3).astype(np.float32)
+  mean, std = kid(x, y, **SMALL)
+  peer = _torch_fidelity(x.astype(np.float64), y.astype(np.float64), **SMALL)
+  np.testing.assert_allclose([float(mean), float(std)], peer, rtol=1e-5)
+
+
+def test_std_is_exact_where_the_squares_overflow():
+  values = np.array([3e30, -1e30, 2.5e30, 0.0], np.float32)
+  assert not np.isfinite(float(jnp.std(values)))
+  # float32 inputs, float64 textbook: one float32 rounding of a value of ~1e30 (6e-8) and the
+  # reduction's few more: 1e-6.
+  assert float(kid_lib._std(jnp.asarray(values))) == pytest.approx(
+      np.std(values.astype(np.float64)), rel=1e-6)
+  assert float(kid_lib._std(jnp.zeros(3, jnp.float32))) == 0.0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kernel_sums_that_would_overflow_are_refused(method, dtype):
+  """A row whose squared norm passes kid._check_kernel_bound's bound makes the unchecked
+  computation non-finite (so the check is needed), and is refused in one line; rows scaled to 0.9
+  of the bound everywhere (every kernel value near the limit) still give a finite KID."""
+  x, y = (f.astype(dtype) for f in _features())
+  d, (subsets, m) = x.shape[1], (SMALL["subsets"], SMALL["subset_size"])
+  limit = float(np.finfo(dtype).max) / (16 * max(m * m, subsets))
+  bound = (limit ** (1 / 3) - 1) * d  # squared norm at K = limit, with gamma = 1/d, coef0 = 1
+  with jax.enable_x64(dtype == np.float64):
+    huge = y.copy()
+    huge[7] *= 10 * np.sqrt(bound / np.sum(y[7].astype(np.float64) ** 2))
+    draws = kid_lib._draw_subsets(len(x), len(y), subsets, m, seed=2020)
+    unchecked = kid_lib._kid(jnp.asarray(x), jnp.asarray(huge), *draws, jnp.asarray(1 / d, dtype),
+                             jnp.asarray(1, dtype), degree=3, method=method)
+    assert not np.all(np.isfinite(jax.device_get(unchecked)))
+    advice = "; pass float64 features" if dtype == np.float32 else ""
+    message = (f"features2: expected squared norms of at most {bound:.3g} (the {np.dtype(dtype)} "
+               f"kernel sums of (gamma·x·y + coef0)^3 would overflow), got {100 * bound:.3g}{advice}")
+    with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
+      kid(x, huge, **SMALL)
+    near = y * (0.9 * np.sqrt(bound / np.max(np.sum(y.astype(np.float64) ** 2, axis=1))))
+    mean, std = kid(x, near.astype(dtype), **SMALL)
+    assert np.isfinite(float(mean)) and np.isfinite(float(std))
