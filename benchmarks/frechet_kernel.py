@@ -5,6 +5,8 @@ Run by hand (not a test), from the repository root:
   python benchmarks/frechet_kernel.py                 # d = 2048, 768, 192, 64; a few minutes
   python benchmarks/frechet_kernel.py --dims 64 192   # quick
   python benchmarks/frechet_kernel.py --threads 1     # one BLAS/LAPACK/XLA thread per library
+  python benchmarks/frechet_kernel.py --dims 2048 --samples 12 --no-accuracy-cases \
+      --stats-samples 0 --out frechet_kernel_few_samples   # the small tests' statistics
 
 Statistics come from N = 10000 Inception-like features per side (ReLU of a rotated Gaussian with a
 1/k spectrum, mean ~0.5; the second set has a slightly steeper spectrum and another rotation), so
@@ -139,6 +141,18 @@ def eigh_factor_route(mu1, sigma1, mu2, sigma2):
       mu2, jnp.trace(sigma2), frechet._eigh_factor((sigma2 + sigma2.T) / 2))
 
 
+@jax.jit
+def full_product_route(mu1, sigma1, mu2, sigma2):
+  """The ablation: jaxmetrics' factors, singular values of the whole d x d product always (the
+  kernel before 2026-12-06, and its branch for covariances of rank d/4 and more)."""
+  factor1, factor2 = frechet._covariance_factor(sigma1), frechet._covariance_factor(sigma2)
+  diff = mu1 - mu2
+  nuclear = jnp.sum(jnp.linalg.svd(jnp.matmul(factor1.T, factor2, precision=_HIGHEST),
+                                   compute_uv=False))
+  return (jnp.dot(diff, diff, precision=_HIGHEST) + jnp.trace(sigma1) + jnp.trace(sigma2)
+          - 2 * nuclear)
+
+
 def in_x64(fn):
   def call():
     with jax.enable_x64(True):
@@ -178,6 +192,8 @@ def run_dim(d, n, tf_route):
        lambda: sandwich_eigvalsh_route(*f32)),
       ("ablation: eigh factors only (not Cholesky)|float32", lambda: eigh_factor_route(*f32)),
       ("jaxmetrics frechet_distance|float64", in_x64(lambda: frechet_distance(*f64))),
+      ("ablation: whole d x d product (before 2026-12-06)|float64",
+       in_x64(lambda: full_product_route(*f64))),
       ("jaxmetrics FrechetReference.distance|float64",
        in_x64(lambda: ref64.distance(f64[2], f64[3]))),
       ("pytorch-fid: scipy sqrtm(Σ₁Σ₂)|float64", lambda: pytorch_fid_route(*stats)),

@@ -121,9 +121,9 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> jax.Array | np.float64:
 
   Cost: two Cholesky factorisations (or ``eigh``), one product and one singular-value decomposition
   of d x d matrices; the product and its singular values shrink to d x d/4 or d/4 x d/4 for a
-  covariance of rank below d/4 (fewer than d/4 samples; ``_nuclear_norm_of_product``), which
-  halves a float64 distance at d = 2048 (3.3 s to 1.7 s on 2 CPU cores, both covariances of 12
-  samples). For many distances to one reference, :class:`FrechetReference` caches the
+  covariance of rank below d/4 (fewer than d/4 samples; ``_nuclear_norm_of_product``): at
+  d = 2048 in float64 on 2 CPU cores, two covariances of 12 samples take 1.64 s instead of 2.71 s
+  (``benchmarks/results/frechet_kernel_few_samples.md``). For many distances to one reference, :class:`FrechetReference` caches the
   reference's factor.
 
   Args:
@@ -328,9 +328,9 @@ def _nuclear_norm_of_product(factor1, factor2):
   ascending, round-off ones set to 0), and ``F[:, -k:]`` then has the same ``F Fᵀ`` and the same
   nonzero singular values of the product. A factor whose columns before its last ``k = d // 4``
   are all 0 (checked on the device; a covariance of fewer than d/4 samples) enters through those
-  ``k``: at d = 2048 in float64, 2 CPU cores, the singular values of the 2048² product take 1.26 s
-  and those of a 512² one 0.03 s, a third of such a distance. ``lax.switch`` runs the one product
-  that the two checks pick; the others are traced only.
+  ``k``: the whole product and its singular values are ~40% of such a distance at d = 2048 in
+  float64 (timings in :func:`frechet_distance`). ``lax.switch`` runs the one
+  product that the two checks pick; the others are traced only.
   """
   def keep(factor):
     k = factor.shape[0] // 4
