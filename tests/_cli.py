@@ -10,7 +10,12 @@ process's conftest already fixed) use it.
 
 What in-process runs do not show, the subprocess ones do: ``python -m jaxmetrics`` itself, and a
 start-up without the test run's forced 8 CPU devices and strict dtype promotion (under which
-every in-process command runs, so a silent dtype promotion would fail here first).
+every in-process command runs, so a silent dtype promotion would fail here first). ``stderr`` here
+holds what Python code writes to ``sys.stderr`` (the CLI's errors and warnings); what a fresh
+process would also print there is not in it: output of XLA and absl below Python, ``logging``
+records (pytest's handler takes them), and warnings raised at import or when JAX first traces a
+function this process has traced before. "Exactly one line" assertions on ``stderr`` are about
+the CLI's own lines.
 """
 
 import contextlib

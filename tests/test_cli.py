@@ -36,8 +36,9 @@ def folder(tmp_path_factory):
 
 def test_features_command_matches_the_python_api(folder, inception_checkpoints, tmp_path):
   out = tmp_path / "features.npz"
-  result = run_process("features", folder, "--weights", inception_checkpoints["legacy"], "--no-hash-check",
-                "--json", "--batch-size", "2", "-o", out, cache=tmp_path / "cache")
+  result = run_process("features", folder, "--weights", inception_checkpoints["legacy"],
+                       "--no-hash-check", "--json", "--batch-size", "2", "-o", out,
+                       cache=tmp_path / "cache")
   assert result.returncode == 0, result.stderr
   summary = json.loads(result.stdout)
   assert summary["n"] == 5 and summary["resize"] == "tf1"

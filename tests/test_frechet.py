@@ -313,17 +313,19 @@ def test_small_products_of_compact_factors(dtype):
   are exactly 0, and the distance then takes the singular values of the d/4-wide products (the
   cheap branch of frechet._nuclear_norm_of_product). Every branch gives the full product's sum of
   singular values, to the float32 bar or 1e-12 relative in float64."""
-  from jaxmetrics.metrics.frechet import _covariance_factor, _nuclear_norm_of_product
+  from jaxmetrics.metrics import frechet
   few, many = _features(1, 20), _features(2, 3000, tilt=0.1)
   with jax.enable_x64(dtype == np.float64):
-    factors = [_covariance_factor(jnp.asarray(np.cov(x, rowvar=False), dtype)) for x in (few, many)]
-    assert np.all(np.asarray(factors[0])[:, :-D // 4] == 0)  # the eigh factor: compact
-    assert not np.all(np.asarray(factors[1])[:, :-D // 4] == 0)  # the Cholesky factor: not
+    factors = [frechet._covariance_factor(jnp.asarray(np.cov(x, rowvar=False), dtype))
+               for x in (few, many)]
+    # The eigh factor is compact and takes the small branch; the Cholesky factor does not.
+    assert np.all(np.asarray(factors[0])[:, :-D // 4] == 0)
+    assert [int(frechet._compact(f)[1]) for f in factors] == [1, 0]
     for a in factors:
       for b in factors:
         full = np.linalg.svd(np.asarray(a, np.float64).T @ np.asarray(b, np.float64),
                              compute_uv=False).sum()
-        got = float(_nuclear_norm_of_product(a, b))
+        got = float(frechet._nuclear_norm_of_product(a, b))
         tolerance = F32_TOL if dtype == np.float32 else F64_TOL
         assert abs(got - full) <= tolerance * full
 

@@ -140,6 +140,8 @@ def test_too_few_samples():
     ({"degree": 2.5}, "^degree: expected an integer >= 1, got 2.5$"),
     ({"gamma": 0.0}, "^gamma: expected a finite number > 0 or None \\(1/d\\), got 0.0$"),
     ({"coef0": float("nan")}, "^coef0: expected a finite number >= 0, got nan$"),
+    # finite in Python, inf in float32: it would make every kernel value inf
+    ({"gamma": 1e39}, "^gamma: expected at most 3.4e\\+38 \\(the largest float32\\), got 1e\\+39$"),
 ])
 def test_bad_options(kwargs, message):
   x, y = _features()
@@ -220,6 +222,10 @@ def test_std_is_exact_where_the_squares_overflow():
   assert float(kid_lib._std(jnp.asarray(values))) == pytest.approx(
       np.std(values.astype(np.float64)), rel=1e-6)
   assert float(kid_lib._std(jnp.zeros(3, jnp.float32))) == 0.0
+  # Up to the largest float32 (2^127 <= 2e38: a scale of 2^128 would be inf).
+  top = np.array([2e38, -1e38, 0.0], np.float32)
+  assert float(kid_lib._std(jnp.asarray(top))) == pytest.approx(
+      np.std(top.astype(np.float64)), rel=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -240,7 +246,8 @@ def test_kernel_sums_that_would_overflow_are_refused(method, dtype):
     assert not np.all(np.isfinite(jax.device_get(unchecked)))
     advice = "; pass float64 features" if dtype == np.float32 else ""
     message = (f"features2: expected squared norms of at most {bound:.3g} (the {np.dtype(dtype)} "
-               f"kernel sums of (gamma·x·y + coef0)^3 would overflow), got {100 * bound:.3g}{advice}")
+               f"kernel sums of (gamma·x·y + coef0)^3 with gamma = {1 / d:.3g}, coef0 = 1 would "
+               f"overflow), got {100 * bound:.3g}{advice}")
     with pytest.raises(InputError, match=f"^{re.escape(message)}$"):
       kid(x, huge, **SMALL)
     near = y * (0.9 * np.sqrt(bound / np.max(np.sum(y.astype(np.float64) ** 2, axis=1))))

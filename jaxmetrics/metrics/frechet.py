@@ -123,8 +123,8 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> jax.Array | np.float64:
   of d x d matrices; the product and its singular values shrink to d x d/4 or d/4 x d/4 for a
   covariance of rank below d/4 (fewer than d/4 samples; ``_nuclear_norm_of_product``): at
   d = 2048 in float64 on 2 CPU cores, two covariances of 12 samples take 1.64 s instead of 2.71 s
-  (``benchmarks/results/frechet_kernel_few_samples.md``). For many distances to one reference, :class:`FrechetReference` caches the
-  reference's factor.
+  (``benchmarks/results/frechet_kernel_few_samples.md``). For many distances to one reference,
+  :class:`FrechetReference` caches the reference's factor.
 
   Args:
     mu1: mean of the first set of features, shape (d,).
@@ -321,6 +321,15 @@ def _distance_from_factors(mu1, trace1, factor1, mu2, trace2, factor2):
   return jnp.dot(diff, diff, precision=_HIGHEST) + trace1 + trace2 - 2 * trace_sqrt
 
 
+def _compact(factor):
+  """``([factor] or [factor, its last d/4 columns], index of the one to use)``: the second where
+  the columns before those are all exactly 0 (see :func:`_nuclear_norm_of_product`)."""
+  k = factor.shape[0] // 4
+  if factor.shape[1] <= 2 * k:  # small already (a feature matrix of few samples)
+    return [factor], jnp.int32(0)
+  return [factor, factor[:, -k:]], jnp.all(factor[:, :-k] == 0).astype(jnp.int32)
+
+
 def _nuclear_norm_of_product(factor1, factor2):
   """The sum of the singular values of ``factor1ᵀ factor2``, from its nonzero columns only.
 
@@ -329,16 +338,10 @@ def _nuclear_norm_of_product(factor1, factor2):
   nonzero singular values of the product. A factor whose columns before its last ``k = d // 4``
   are all 0 (checked on the device; a covariance of fewer than d/4 samples) enters through those
   ``k``: the whole product and its singular values are ~40% of such a distance at d = 2048 in
-  float64 (timings in :func:`frechet_distance`). ``lax.switch`` runs the one
-  product that the two checks pick; the others are traced only.
+  float64 (timings in :func:`frechet_distance`). ``lax.switch`` runs the one product that the two
+  checks pick (under ``vmap`` it becomes a select, and all of them run).
   """
-  def keep(factor):
-    k = factor.shape[0] // 4
-    if factor.shape[1] <= 2 * k:  # small already (a feature matrix of few samples)
-      return [factor], jnp.int32(0)
-    return [factor, factor[:, -k:]], jnp.all(factor[:, :-k] == 0).astype(jnp.int32)
-
-  (choices1, index1), (choices2, index2) = keep(factor1), keep(factor2)
+  (choices1, index1), (choices2, index2) = _compact(factor1), _compact(factor2)
   nuclear = lambda a, b: jnp.sum(jnp.linalg.svd(_matmul(a.T, b), compute_uv=False))
   branches = [functools.partial(nuclear, a, b) for b in choices2 for a in choices1]
   if len(branches) == 1:

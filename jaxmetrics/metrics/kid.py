@@ -189,6 +189,9 @@ def _check_kernel_bound(max_sq_norm, name, gamma, coef0, degree, subsets, subset
   ~1.6e5 per coordinate, against ~0.3..20 for Inception's pool3. It is not the accuracy bound:
   float32 KID carries an absolute error of ~eps·K (module docstring) long before this.
   """
+  if gamma > float(np.finfo(dtype).max):
+    raise InputError(f"gamma: expected at most {float(np.finfo(dtype).max):.3g} (the largest "
+                     f"{dtype}), got {gamma!r}")
   limit = float(np.finfo(dtype).max) / (16 * max(subset_size**2, subsets))
   largest_base = math.exp(math.log(limit) / degree)  # γ·S + coef0 at K = limit
   if coef0 > largest_base:
@@ -198,8 +201,8 @@ def _check_kernel_bound(max_sq_norm, name, gamma, coef0, degree, subsets, subset
   if not max_sq_norm <= bound:
     advice = "; pass float64 features" if dtype.itemsize < 8 else ""
     raise InputError(f"{name}: expected squared norms of at most {bound:.3g} (the {dtype} kernel "
-                     f"sums of (gamma·x·y + coef0)^{degree} would overflow), got "
-                     f"{max_sq_norm:.3g}{advice}")
+                     f"sums of (gamma·x·y + coef0)^{degree} with gamma = {gamma:.3g}, coef0 = "
+                     f"{coef0:.3g} would overflow), got {max_sq_norm:.3g}{advice}")
 
 
 def _kernel(x, y, gamma, coef0, degree):
@@ -220,15 +223,18 @@ def _kid(f1, f2, idx1, idx2, gamma, coef0, *, degree, method):
 
 
 def _std(x):
-  """``jnp.std(x)`` (ddof = 0) computed on ``x`` divided by a power of two at least ``max |x|``.
+  """``jnp.std(x)`` (ddof = 0) computed on ``x`` divided by a power of two near ``max |x|``.
 
-  The scaling is exact, so the value is ``jnp.std``'s; it only keeps the squared deviations from
-  overflowing where ``x`` itself is finite (MMD² of ~1e19 in float32).
+  The scaling is exact, and in the normal range the value is ``jnp.std``'s bit for bit; it keeps
+  the squared deviations from overflowing where ``x`` is finite (MMD² of ~1e19 and more in
+  float32), and from underflowing below ~1e-19.
   """
-  peak = jnp.max(jnp.abs(x))
-  _, exponent = jnp.frexp(peak)
-  scale = jnp.where(peak > 0, jnp.ldexp(jnp.ones_like(peak), exponent), 1)
-  return jnp.std(x / scale) * scale
+  _, exponent = jnp.frexp(jnp.max(jnp.abs(x)))  # 2^(e-1) <= max |x| < 2^e
+  # 2^s and 2^-s both normal (a subnormal factor is flushed to 0 by XLA on CPUs): |x|·2^-s < 4.
+  info = jnp.finfo(x.dtype)
+  s = jnp.clip(exponent - 1, info.minexp, info.maxexp - 2)
+  one = jnp.ones((), x.dtype)
+  return jnp.std(x * jnp.ldexp(one, -s)) * jnp.ldexp(one, s)
 
 
 def _subset_sums(f1, f2, idx1, idx2, kernel):
