@@ -40,7 +40,7 @@ float32 loses ~1e-3 relative, so ``evaluate`` and the CLI compute KID from float
 
 Input checks, on the device before the kernels: rows with NaN or inf are refused, and so are
 finite features large enough for a kernel sum to overflow the dtype (``_check_kernel_bound``;
-float32 2048-d features of RMS above ~1e5), which used to come back as a silent inf or NaN.
+float32 2048-d features of RMS above ~1.6e5), which used to come back as a silent inf or NaN.
 """
 
 import functools
