@@ -83,6 +83,12 @@ def kid(features1, features2, *, subsets=100, subset_size=1000, degree=3, gamma=
     the module docstring), else two 0-d ``jax.Array``, float64 when x64 is enabled and float32 when
     it is not. Values slightly below 0 are valid: the estimator is unbiased, and equal
     distributions give 0 on average.
+
+  Raises:
+    InputError: before any kernel, for a traced or non-floating input, shapes other than
+      ``(N, d)`` or with another ``d``, options out of range, ``subset_size`` above either
+      side's rows, rows with NaN or inf, and finite rows large enough for a kernel sum to
+      overflow the computation dtype (``_check_kernel_bound``).
   """
   f1 = _check_features(features1, "features1")
   f2 = _check_features(features2, "features2")
