@@ -421,15 +421,13 @@ def _tile_rows(rows, block_size, platform, *, align=True):
 def _padded(x, block, mesh):
   """``x`` as float32, padded with zero rows to a multiple of ``block × devices``, on every device
   of ``mesh``: a NumPy ``x`` is padded on the host, into a new aligned array that CPU devices use
-  without a copy (:func:`_host_array`; other devices copy it in); a JAX one by the devices holding
-  it. The padding rows are written: a fallback host array is not zeroed."""
-  n, d = x.shape
+  without a copy (:func:`_host_rows`; other devices copy it in); a JAX one by the devices holding
+  it."""
+  n = x.shape[0]
   multiple = block * mesh.size
   length = -(-n // multiple) * multiple
   if isinstance(x, np.ndarray):
-    padded = _host_array((length, d), np.float32)
-    padded[:n] = x
-    padded[n:] = 0
+    padded = _host_rows([(x, length)], np.float32)
   else:
     padded = _pad_rows(x, length)
   return _replicated(padded, mesh)
@@ -438,6 +436,19 @@ def _padded(x, block, mesh):
 @functools.partial(jax.jit, static_argnames="length")
 def _pad_rows(x, length):
   return jnp.pad(x.astype(jnp.float32), ((0, length - x.shape[0]), (0, 0)))
+
+
+def _host_rows(parts, dtype):
+  """``[a₁; 0; a₂; 0; …]`` in ``dtype`` for ``(a, rows)`` in ``parts``: each NumPy array followed
+  by zero rows up to ``rows``, written into one :func:`_host_array` (zeros included: a fallback
+  host array is not zeroed)."""
+  out = _host_array((sum(rows for _, rows in parts), parts[0][0].shape[1]), dtype)
+  start = 0
+  for a, rows in parts:
+    out[start:start + a.shape[0]] = a
+    out[start + a.shape[0]:start + rows] = 0
+    start += rows
+  return out
 
 
 def _host_array(shape, dtype):

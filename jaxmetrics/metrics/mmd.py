@@ -69,7 +69,7 @@ from jaxmetrics.metrics import _float64
 from jaxmetrics.metrics.manifold import _check_block_size
 from jaxmetrics.metrics.manifold import _check_finite
 from jaxmetrics.metrics.manifold import _check_mesh
-from jaxmetrics.metrics.manifold import _host_array
+from jaxmetrics.metrics.manifold import _host_rows
 from jaxmetrics.metrics.manifold import _platform
 from jaxmetrics.metrics.manifold import _replicated
 from jaxmetrics.metrics.manifold import _tile_rows
@@ -239,13 +239,7 @@ def _stacked(x, y, x_rows, y_rows, dtype):
   valid = np.concatenate([np.arange(rows) < a.shape[0] for a, rows in parts])
   if all(isinstance(a, np.ndarray) for a, _ in parts):
     # Written in place into an aligned array, which the CPU devices then use without a copy.
-    z = _host_array((valid.size, parts[0][0].shape[1]), dtype)
-    start = 0
-    for a, rows in parts:
-      z[start:start + a.shape[0]] = a
-      z[start + a.shape[0]:start + rows] = 0
-      start += rows
-    return z, valid
+    return _host_rows(parts, dtype), valid
   pad = lambda a, rows: jnp.pad(jnp.asarray(a), ((0, rows - a.shape[0]), (0, 0)))
   return jnp.concatenate([pad(a, rows) for a, rows in parts]), valid
 
