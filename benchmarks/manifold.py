@@ -17,7 +17,11 @@ computation itself holds. Libraries and what they compute:
 * jaxmetrics ``manifold_metrics(generated, reference)``: precision/recall (k = 3, ``<=``) and
   density/coverage (k = 5, ``<``) in three blockwise passes. Timed twice in the same process: the
   first call includes the jit compilation, the second not (the speed-up uses the second); from
-  N = 20000 on once, compilation included.
+  N = 20000 on once, compilation included. Its cross pass is screened with bfloat16 products
+  where ``manifold._screen`` says so (CPUs with bfloat16 dot instructions, from 8 reference
+  blocks on: N >= ~7000 here); ``screen`` in the row.
+* jaxmetrics-float32: the same with the screen off (the cross pass's products in float32), the
+  ablation that shows what the screen saves.
 * prdc ``compute_prdc(real_features=reference, fake_features=generated, nearest_k=5)``: all four
   from three full ``N×N`` scikit-learn distance matrices (float32 inputs upcast to float64 by
   chunks, ``n_jobs=8`` threads).
@@ -31,7 +35,7 @@ and prdc should agree (up to pairs within float32 round-off of a radius, see
 
 Beside each jaxmetrics row, ``products_s``: the time its tiles' matrix products alone would take
 (one ``block × block × d`` product timed in the same process, times the number of tiles of the
-three passes), so ``prdc / products_s`` is the largest speed-up over prdc that these products
+three passes; the cross pass's tiles timed in bfloat16 where it is screened), so ``prdc / products_s`` is the largest speed-up over prdc that these products
 allow. A tiling without whole diagonal tiles and padding would do 2·N²·d multiply-adds, a few
 percent fewer (``gmac_per_s`` gives the rate to time them at).
 
@@ -56,7 +60,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 D = 2048
-LIBRARIES = ("jaxmetrics", "prdc", "torch-fidelity")
+LIBRARIES = ("jaxmetrics", "jaxmetrics-float32", "prdc", "torch-fidelity")
 # From this N on jaxmetrics is called once: its compilation (seconds) is noise next to the call.
 SINGLE_CALL_FROM = 20000
 
@@ -92,8 +96,10 @@ def _features(n, d, seed, shift=0.0):
 
 
 def _child(library, n):
-  if library == "jaxmetrics":
+  if library.startswith("jaxmetrics"):
     from jaxmetrics.metrics import manifold  # pylint: disable=g-import-not-at-top
+    if library == "jaxmetrics-float32":  # the ablation: the cross pass without its screen
+      manifold._screen = lambda *args: False  # pylint: disable=protected-access
   elif library == "prdc":
     import prdc  # pylint: disable=g-import-not-at-top
   else:
@@ -104,7 +110,7 @@ def _child(library, n):
   before = _status()["VmRSS"]
   row = {"library": library, "n": n, "d": D, "rss_before_mb": before}
   start = time.perf_counter()
-  if library == "jaxmetrics":
+  if library.startswith("jaxmetrics"):
     result = manifold.manifold_metrics(generated, reference)
     row["first_call_s"] = time.perf_counter() - start
     if n < SINGLE_CALL_FROM:
@@ -138,7 +144,8 @@ def _best_of(f, *args, repeats=5):
 def _products(manifold, n):
   """The tiles' products of ``manifold_metrics`` on ``n + n`` rows, one device: their number (the
   two symmetric k-NN passes compute ``T(T + 1)/2`` tiles each, the cross pass ``T²``, for ``T``
-  row blocks) times the time of one tile's product at ``Precision.HIGHEST``."""
+  row blocks) times the time of one tile's product at ``Precision.HIGHEST``; the cross pass's
+  tiles at the time of a bfloat16 product where it is screened (``screen``)."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   mesh = manifold._check_mesh(None)  # pylint: disable=protected-access
@@ -150,8 +157,15 @@ def _products(manifold, n):
   product = jax.jit(lambda a, b: jax.lax.dot_general(
       a, b, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST))
   tile_s = _best_of(product, a, b)
+  screen = manifold._screen(mesh, block, blocks * block)  # pylint: disable=protected-access
+  low = jax.jit(lambda a, b: jax.lax.dot_general(
+      a, b, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32))
+  low_s = _best_of(low, a.astype(jnp.bfloat16), b.astype(jnp.bfloat16))
+  cross_s = blocks * blocks * (low_s if screen else tile_s)
   return {"block": block, "blocks": blocks, "tiles": tiles, "tile_product_s": tile_s,
-          "products_s": tiles * tile_s, "gmac_per_s": block * block * D / tile_s / 1e9}
+          "tile_product_bfloat16_s": low_s, "screen": screen,
+          "products_s": blocks * (blocks + 1) * tile_s + cross_s,
+          "gmac_per_s": block * block * D / tile_s / 1e9}
 
 
 def selection(n):
@@ -226,7 +240,8 @@ def markdown(result):
            "jaxmetrics and prdc compute all four metrics, torch-fidelity precision/recall only. "
            "prdc's precision/recall use its k = 5 and `<`, not ADM's k = 3 and `<=`.", "",
            "`products (s)`: the time the jaxmetrics row's matrix products alone take (tiles × one "
-           "tile's product, timed in its process; diagonal tiles whole, padding included); "
+           "tile's product, timed in its process; diagonal tiles whole, padding included; the "
+           "cross pass's tiles in bfloat16 where it is screened, `screened`); "
            "`prdc ÷ products` is then the largest speed-up over prdc that these products allow.",
            "",
            "| N | library | time (s) | first call (s) | speed-up vs prdc | products (s) | "
@@ -242,8 +257,9 @@ def markdown(result):
     prdc_s = prdc_times.get(r["n"])
     speedup = f"{prdc_s / r['seconds']:.2f}x" if prdc_s else ""
     ceiling = f"{prdc_s / r['products_s']:.2f}x" if prdc_s and "products_s" in r else ""
+    library = r["library"] + (" (screened)" if r.get("screen") else "")
     lines.append(
-        f"| {r['n']} | {r['library']} | {r['seconds']:.2f} | {_fmt(r.get('first_call_s'), '.2f')} "
+        f"| {r['n']} | {library} | {r['seconds']:.2f} | {_fmt(r.get('first_call_s'), '.2f')} "
         f"| {speedup} | {_fmt(r.get('products_s'), '.2f')} | {ceiling} "
         f"| {r['peak_rss_mb']:.0f} | {r['rss_before_mb']:.0f} "
         f"| {_fmt(r.get('precision'), '.4f')} | {_fmt(r.get('recall'), '.4f')} "

@@ -200,6 +200,12 @@ def test_one_device_and_eight_devices_agree(generated_at_origin):
   for block_size in (8, None):
     result = manifold.manifold_metrics(generated, reference, block_size=block_size)
     assert _counts(result) == reference_counts
+  # The cross pass screened with bfloat16 products (blocks of 16: 16 reference blocks, 106 rows of
+  # padding), with every pair in doubt recomputed (no overflow).
+  inside, balls, ref_inside, covered, overflows = _evaluate(generated, reference, block_size=16,
+                                                            screen=True)
+  assert overflows == 0
+  assert tuple(int(np.sum(a)) for a in (inside, ref_inside, balls, covered)) == reference_counts
 
 
 def test_duplicates_and_k1(capsys):
@@ -248,6 +254,138 @@ def test_knn_radii_match_partition(devices, block_size, chunk, monkeypatch):
   finally:
     manifold._radii.clear_cache()
   assert (picks.count > 0) == bool(chunk)
+
+
+def _evaluate(generated, reference, *, pr_k=3, dc_k=5, block_size=None, mesh=None, screen):
+  """manifold_metrics' per-sample results with the cross pass's bfloat16 screen on or off, and
+  the number of screened tiles that overflowed."""
+  return manifold._evaluate(generated, reference, pr_k=pr_k, dc_k=dc_k, block_size=block_size,
+                            mesh=manifold._check_mesh(mesh), screen=screen)
+
+
+def test_bfloat16_products_accumulate_in_float32():
+  # The screen's bound (manifold._screened_tile) assumes that a product of bfloat16 rows with a
+  # float32 result is accumulated in float32: within gamma_d * sum|a_i b_i| of the exact sum. Sums
+  # of 2048 positive terms make a bfloat16 (or float16) accumulation miss that bound by far (its
+  # unit round-off 2^-8 or 2^-11 against gamma_d = 1.2e-4, asserted).
+  rng = np.random.default_rng(0)
+  a, b = (jnp.asarray(rng.uniform(0.5, 1.0, (64, 2048)), jnp.bfloat16) for _ in range(2))
+  got = jax.jit(lambda a, b: jax.lax.dot_general(a, b, (((1,), (1,)), ((), ())),
+                                                 preferred_element_type=jnp.float32))(a, b)
+  a64, b64 = np.asarray(a, np.float64), np.asarray(b, np.float64)
+  exact = a64 @ b64.T  # products of bfloat16 values are exact in float64, sums to ~1e-13
+  bound = manifold._gamma(2048) * (np.abs(a64) @ np.abs(b64).T)
+  assert np.all(np.abs(np.asarray(got, np.float64) - exact) <= bound)
+  assert np.all(bound < 2.0**-11 * exact)
+
+
+def _float64_decisions(generated, reference, pr_k=3, dc_k=5):
+  """Per-sample results of the module docstring's definitions, from float64 distances."""
+  d_gr = _sq_distances(generated, reference)
+  radius_g = np.partition(_sq_distances(generated, generated), pr_k, axis=1)[:, pr_k]
+  d_rr = _sq_distances(reference, reference)
+  radius_pr, radius_dc = (np.partition(d_rr, k, axis=1)[:, k] for k in (pr_k, dc_k))
+  return (np.any(d_gr <= radius_pr[None, :], axis=1), np.sum(d_gr < radius_dc[None, :], axis=1),
+          np.any(d_gr <= radius_g[:, None], axis=0), np.any(d_gr < radius_dc[None, :], axis=0))
+
+
+@pytest.mark.parametrize("ks", [(3, 5), (1, 1)])
+def test_screened_cross_pass_matches_peers(ks, capsys):
+  # Exact arithmetic (quantised values are also exact in bfloat16), so the screen's bfloat16
+  # distances equal the float32 ones, and every pair within the screen's bound of a radius (ties
+  # included: duplicates make radii of 0 at k = 1, copies of reference points sit on them) must
+  # be recomputed and decided as the peers decide it. 8 devices, tiles of 32: 16 reference blocks.
+  pr_k, dc_k = ks
+  generated, reference = _quantised(601, 2048, seed=1, shift=0.08), _quantised(487, 2048, seed=2)
+  reference[400:420] = reference[:20]
+  generated[:10] = reference[:10]
+  _assert_exact_arithmetic(generated, reference)
+  inside, balls, ref_inside, covered, overflows = _evaluate(
+      generated, reference, pr_k=pr_k, dc_k=dc_k, block_size=32, screen=True)
+  assert overflows == 0
+  counts = (int(inside.sum()), int(ref_inside.sum()), int(balls.sum()), int(covered.sum()))
+  assert counts[:2] == _adm(generated, reference, pr_k)
+  assert counts[:2] == _torch_fidelity(generated, reference, pr_k)
+  peer = _prdc(generated, reference, dc_k)
+  assert counts[2:] == (peer["density_total"], peer["coverage"])
+  for got, expected in zip((inside, balls, ref_inside, covered),
+                           _float64_decisions(generated, reference, pr_k, dc_k)):
+    np.testing.assert_array_equal(got, expected)
+  capsys.readouterr()
+
+
+@pytest.mark.parametrize("ks", [(3, 5), (1, 1)])
+def test_screened_cross_pass_is_exact_where_bfloat16_rounds(ks):
+  # Integer features below 500 in d = 16: float32 computes every squared distance exactly (every
+  # partial sum is below 4·16·500² < 2²⁴), bfloat16 rounds the odd values from 256 on (8
+  # significant bits; a quarter of all values, asserted) by 1. So the screen's decisions
+  # must be exactly the float64 ones, and any bound too small for its bfloat16 products, or a pair
+  # in doubt not recomputed, shows as a different decision (integer distances tie often).
+  pr_k, dc_k = ks
+  rng = np.random.default_rng(3)
+  generated, reference = (rng.integers(0, 500, (n, 16)).astype(np.float32) for n in (601, 487))
+  reference[400:420] = reference[:20]
+  generated[:10] = reference[:10]
+  assert np.mean(np.asarray(jnp.asarray(generated, jnp.bfloat16), np.float32) != generated) > 0.2
+  assert 4 * np.max(np.sum(np.concatenate([generated, reference]) ** 2, axis=1)) < 2**24
+  *got, overflows = _evaluate(generated, reference, pr_k=pr_k, dc_k=dc_k, block_size=32,
+                              screen=True)
+  assert overflows == 0
+  for a, expected in zip(got, _float64_decisions(generated, reference, pr_k, dc_k)):
+    np.testing.assert_array_equal(a, expected)
+
+
+def test_screened_cross_pass_on_continuous_features():
+  # Inception-like float32 features, d = 2048, which bfloat16 rounds: the screen decides most
+  # pairs from bfloat16 products and recomputes those near a radius (the overflow test below shows
+  # that such pairs exist here). Every decision that float32 round-off cannot flip (_robust) must
+  # be the float64 one, as the float32 pass's must; density may differ by the pairs in doubt.
+  generated = _inception_like(700, 2048, seed=1, shift=0.05)
+  reference = _inception_like(650, 2048, seed=2)
+  precision_ok, recall_ok, coverage_ok, in_doubt = _robust(generated, reference)
+  inside64, balls64, ref_inside64, covered64 = _float64_decisions(generated, reference)
+  for screen in (True, False):
+    inside, balls, ref_inside, covered, overflows = _evaluate(
+        generated, reference, block_size=64, screen=screen)
+    assert overflows == 0
+    np.testing.assert_array_equal(inside[precision_ok], inside64[precision_ok])
+    np.testing.assert_array_equal(ref_inside[recall_ok], ref_inside64[recall_ok])
+    np.testing.assert_array_equal(covered[coverage_ok], covered64[coverage_ok])
+    assert abs(int(balls.sum()) - int(balls64.sum())) <= in_doubt
+  assert precision_ok.mean() > 0.9 and recall_ok.mean() > 0.9 and coverage_ok.mean() > 0.9
+
+
+@pytest.mark.parametrize("devices", [1, 2])
+def test_screen_overflow_falls_back_to_float32(devices, monkeypatch):
+  # One slot per tile: nearly every tile has more pairs in doubt, so its results come from the
+  # float32 tile, and each device (on 2: 384 rows each, 6 blocks, all with generated points) stops
+  # screening after _SCREEN_MAX_OVERFLOWS such tiles. The per-sample results must be the
+  # unscreened ones all the same.
+  generated = _inception_like(700, 2048, seed=1, shift=0.05)
+  reference = _inception_like(650, 2048, seed=2)
+  mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
+  expected = _evaluate(generated, reference, block_size=64, mesh=mesh, screen=False)
+  monkeypatch.setattr(manifold, "_screen_slots", lambda rows: 1)
+  manifold._manifold.clear_cache()
+  try:
+    *got, overflows = _evaluate(generated, reference, block_size=64, mesh=mesh, screen=True)
+  finally:
+    manifold._manifold.clear_cache()
+  assert overflows == manifold._SCREEN_MAX_OVERFLOWS * devices
+  for a, b in zip(got, expected[:4]):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_screen_is_on_where_it_pays(monkeypatch):
+  mesh = manifold._check_mesh(None)
+  monkeypatch.setattr(manifold, "_cpu_bfloat16", lambda: True)
+  assert manifold._screen(mesh, 1008, 10080)
+  assert not manifold._screen(mesh, 1008, 7056)  # 7 reference blocks
+  assert not manifold._screen(mesh, 1000, 10000)  # blocks of 1000 are not whole chunks of 16
+  monkeypatch.setattr(manifold, "_cpu_bfloat16", lambda: False)
+  assert not manifold._screen(mesh, 1008, 10080)
+  with pytest.raises(ValueError, match="whole chunks of 16"):
+    _evaluate(FEATURES, FEATURES, pr_k=1, dc_k=None, block_size=8, screen=True)
 
 
 class _count_calls:
