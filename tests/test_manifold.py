@@ -314,18 +314,49 @@ def test_screened_cross_pass_matches_peers(ks, capsys):
   capsys.readouterr()
 
 
-@pytest.mark.parametrize("ks", [(3, 5), (1, 1)])
-def test_screened_cross_pass_is_exact_where_bfloat16_rounds(ks):
-  # Integer features below 500 in d = 16: float32 computes every squared distance exactly (every
-  # partial sum is below 4·16·500² < 2²⁴), bfloat16 rounds the odd values from 256 on (8
-  # significant bits; a quarter of all values, asserted) by 1. So the screen's decisions
-  # must be exactly the float64 ones, and any bound too small for its bfloat16 products, or a pair
-  # in doubt not recomputed, shows as a different decision (integer distances tie often).
-  pr_k, dc_k = ks
+def _integers(scale=1.0, d=16):
+  """601 generated and 487 reference rows of integers below 500 (times ``scale``) in ``d <= 16``,
+  with duplicates and copies as in test_screened_cross_pass_matches_peers."""
   rng = np.random.default_rng(3)
-  generated, reference = (rng.integers(0, 500, (n, 16)).astype(np.float32) for n in (601, 487))
+  generated, reference = (rng.integers(0, 500, (n, d)).astype(np.float32) for n in (601, 487))
   reference[400:420] = reference[:20]
   generated[:10] = reference[:10]
+  return generated * np.float32(scale), reference * np.float32(scale)
+
+
+def test_screen_bound_is_rigorous_and_tight():
+  # Rows whose bfloat16 residuals all point along the other row (1 + 2⁻⁸ − 2⁻²⁰ rounds down to 1
+  # in every component, against rows of 1s and 2s, exact in bfloat16) make Cauchy–Schwarz an
+  # equality, so |D̃ − D| must reach most of the bound (a bound half as large fails) and never
+  # exceed it; random Inception-like rows must stay inside it too.
+  d = 2048
+  near_half = np.float32(1 + 2.0**-8 - 2.0**-20)
+  queries = np.concatenate([np.full((4, d), near_half, np.float32) * [[1], [2], [0.5], [4]],
+                            _inception_like(28, d, seed=5)]).astype(np.float32)
+  columns = np.concatenate([np.ones((4, d), np.float32) * [[1], [2], [3], [0.5]],
+                            _inception_like(28, d, seed=6)]).astype(np.float32)
+  valid = jnp.ones(32, bool)
+  q_parts = (queries, manifold._sq_norms(queries), None,
+             *manifold._screen_parts(queries, valid, 32))
+  c_parts = (columns, manifold._sq_norms(columns), None, None,
+             *manifold._screen_parts(columns, valid, 16))
+  d2, bound = (np.asarray(a, np.float64) for a in jax.jit(manifold._screened_distances)(
+      q_parts, c_parts))
+  error = np.abs(d2 - _sq_distances(queries, columns))
+  assert np.all(error <= bound)
+  assert np.max(error[:4, :4] / bound[:4, :4]) > 0.9
+
+
+@pytest.mark.parametrize("ks, d", [((3, 5), 16), ((1, 1), 15)])
+def test_screened_cross_pass_is_exact_where_bfloat16_rounds(ks, d):
+  # Integer features below 500 in d = 16 (and 15): float32 computes every squared distance
+  # exactly (every partial sum is below 4·16·500² < 2²⁴), bfloat16 rounds the odd values from 256
+  # on (8 significant bits; a quarter of all values, asserted) by 1. So the screen's decisions
+  # must be exactly the float64 ones, and any bound too small for its bfloat16 products, or a pair
+  # in doubt not recomputed, shows as a different decision (integer distances tie often). d = 15:
+  # the bfloat16 rows are packed in pairs with a zero column added (manifold._packed).
+  pr_k, dc_k = ks
+  generated, reference = _integers(d=d)
   assert np.mean(np.asarray(jnp.asarray(generated, jnp.bfloat16), np.float32) != generated) > 0.2
   assert 4 * np.max(np.sum(np.concatenate([generated, reference]) ** 2, axis=1)) < 2**24
   *got, overflows = _evaluate(generated, reference, pr_k=pr_k, dc_k=dc_k, block_size=32,
@@ -357,14 +388,12 @@ def test_screened_cross_pass_on_continuous_features():
 
 @pytest.mark.parametrize("devices", [1, 2])
 def test_screen_overflow_falls_back_to_float32(devices, monkeypatch):
-  # One slot per tile: nearly every tile has more pairs in doubt, so its results come from the
-  # float32 tile, and each device (on 2: 384 rows each, 6 blocks, all with generated points) stops
-  # screening after _SCREEN_MAX_OVERFLOWS such tiles. The per-sample results must be the
-  # unscreened ones all the same.
-  generated = _inception_like(700, 2048, seed=1, shift=0.05)
-  reference = _inception_like(650, 2048, seed=2)
+  # One slot per tile: most tiles have more pairs in doubt, so their results come from the
+  # float32 tile, and each device (on 2: 384 generated rows each, 6 blocks) stops screening after
+  # _SCREEN_MAX_OVERFLOWS such tiles. Exact arithmetic (the integer data above): the per-sample
+  # results must be exactly the float64 ones all the same.
+  generated, reference = _integers()
   mesh = Mesh(np.array(jax.devices()[:devices]), ("data",))
-  expected = _evaluate(generated, reference, block_size=64, mesh=mesh, screen=False)
   monkeypatch.setattr(manifold, "_screen_slots", lambda rows: 1)
   manifold._manifold.clear_cache()
   try:
@@ -372,8 +401,23 @@ def test_screen_overflow_falls_back_to_float32(devices, monkeypatch):
   finally:
     manifold._manifold.clear_cache()
   assert overflows == manifold._SCREEN_MAX_OVERFLOWS * devices
-  for a, b in zip(got, expected[:4]):
-    np.testing.assert_array_equal(a, b)
+  for a, expected in zip(got, _float64_decisions(generated, reference)):
+    np.testing.assert_array_equal(a, expected)
+
+
+def test_screen_skips_tiles_of_huge_norms():
+  # Integer rows times 2⁵²: squared norms up to ~2¹²⁵·⁹, below the 2¹²⁶ that _check_finite
+  # allows, distances below 2¹²⁸ and exact in float32; with norms from 2⁶² on bfloat16 products
+  # could overflow, so tiles are computed in float32 (overflow: 4 tiles, then no screen) and the
+  # results are exact.
+  generated, reference = _integers(scale=2.0**52)
+  manifold._check_finite(generated, "generated")
+  manifold._check_finite(reference, "reference")
+  *got, overflows = _evaluate(generated, reference, block_size=64, mesh=Mesh(
+      np.array(jax.devices()[:1]), ("data",)), screen=True)
+  assert overflows == manifold._SCREEN_MAX_OVERFLOWS
+  for a, expected in zip(got, _float64_decisions(generated, reference)):
+    np.testing.assert_array_equal(a, expected)
 
 
 def test_screen_is_on_where_it_pays(monkeypatch):

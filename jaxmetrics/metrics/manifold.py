@@ -716,22 +716,55 @@ def _exact_tile(qb, qb_sq, qb_radius, cb, cb_sq, cb_pr, cb_dc):
           jnp.any(d2 <= qb_radius[:, None], axis=0), jnp.any(d2 < cb_dc[None, :], axis=0))
 
 
-def _screen_parts(x, valid):
-  """What :func:`_screened_tile` needs of a set besides its rows: the rows rounded to bfloat16,
-  ``n`` >= both ``‖x‖`` and ``‖bf16(x)‖``, and ``e`` >= ``‖x − bf16(x)‖``, 0 for padded rows.
+def _screen_parts(x, valid, block):
+  """What :func:`_screened_tile` needs of a set besides its rows: the rows rounded to bfloat16
+  (packed in pairs as uint32, :func:`_packed`), ``n`` >= both ``‖x‖`` and ``‖bf16(x)‖``, and
+  ``e`` >= ``‖x − bf16(x)‖``, 0 for padded rows.
 
-  The norms are float32 square roots of float32 sums of squares, each within ``γ_d`` (sum) and
-  ``2u`` (root, product) of the truth, so a factor ``1 + γ_d + 4u`` makes them upper bounds;
-  ``‖bf16(x)‖ <= ‖x‖ + e``. Under flush-to-zero a subnormal difference ``x − bf16(x)`` may be
-  counted as 0: at most ``√d·2⁻¹²⁶`` of ``e``, covered by the bound's absolute term.
+  ``e`` is measured with the rounding written in integer operations (:func:`_round_to_bfloat16`):
+  a float32 → bfloat16 → float32 round trip could be simplified away by XLA
+  (``SimplifyFPConversions``, run where excess precision is allowed), leaving ``e = 0`` while the
+  product still used bfloat16. It is measured ``block`` rows at a time (``lax.map``): XLA's CPU
+  code would otherwise keep a float32 copy of the rounded set. The norms are float32 square roots
+  of float32 sums of squares, each within ``γ_d`` (sum) and ``2u`` (root, product) of the truth,
+  so a factor ``1 + γ_d + 4u`` makes them upper bounds, and ``‖bf16(x)‖ <= ‖x‖ + e``. A square
+  below 2⁻¹²⁶ may be flushed to zero (a component below 2⁻⁶³), which can leave out up to
+  ``√d·2⁻⁶³`` of a norm: that is added to both.
   """
   d = x.shape[1]
   up = 1 + _gamma(d) + 4 * _U32
-  low = x.astype(jnp.bfloat16)
-  x_norm = jnp.sqrt(_sq_norms(x)) * up
-  err = jnp.sqrt(_sq_norms(x - low.astype(jnp.float32))) * up
-  return low, jnp.where(valid, x_norm + err, 0), jnp.where(valid, err, 0)
+  flushed = np.sqrt(d) * 2.0**-63
+  x_norm = jnp.sqrt(_sq_norms(x)) * up + flushed
+  err = jax.lax.map(lambda rows: jnp.sqrt(_sq_norms(rows - _round_to_bfloat16(rows))),
+                    x.reshape(-1, block, d)).reshape(-1)
+  err = err * up + flushed
+  return _packed(x), jnp.where(valid, x_norm + err, 0), jnp.where(valid, err, 0)
 
+
+def _round_to_bfloat16(x):
+  """``x`` rounded to bfloat16's 8 significant bits, to nearest even, as float32: the conversion's
+  rounding written on the bits (add ``0x7FFF`` plus the lowest kept bit, clear the low 16), which
+  no pass folds away. It equals XLA's conversion on every finite input but subnormals that one of
+  them flushes (a difference below 2⁻¹²⁶ per component, within :func:`_screen_parts`' slack);
+  features are finite with norms below 2⁶³, so nothing rounds up to infinity."""
+  bits = jax.lax.bitcast_convert_type(x, jnp.uint32)
+  bits = (bits + (np.uint32(0x7FFF) + ((bits >> 16) & np.uint32(1)))) & np.uint32(0xFFFF0000)
+  return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def _packed(x):
+  """``x`` converted to bfloat16 and stored in pairs as uint32 ``(rows, ⌈d/2⌉)`` (odd ``d``: a
+  zero column added, which adds nothing to a product): XLA's CPU code holds bfloat16 arrays
+  carried through loops as float32 copies, twice the memory; :func:`_unpacked` undoes it per tile.
+  """
+  low = x.astype(jnp.bfloat16)
+  if x.shape[1] % 2:
+    low = jnp.pad(low, ((0, 0), (0, 1)))
+  return jax.lax.bitcast_convert_type(low.reshape(x.shape[0], -1, 2), jnp.uint32)
+
+
+def _unpacked(packed):
+  return jax.lax.bitcast_convert_type(packed, jnp.bfloat16).reshape(packed.shape[0], -1)
 
 
 def _gamma(n):
@@ -760,8 +793,10 @@ def _screened_tile(q_parts, c_parts, *, slots):
     |D̃ − D| <= 2(e_u·(n_v + e_v) + n_u·e_v) + (γ_d + 4u)·s²
 
   The bound used adds ``2u·s²`` for the rounding of ``D̃ ± bound`` themselves, ``d·2⁻¹¹⁸·(1 + s)``
-  for what flushing subnormals to zero can change (bfloat16 dot instructions and XLA's CPU code
-  do), and a factor ``1 + 2⁻¹⁵`` for the rounding of its own float32 evaluation. A pair whose
+  for what flushing subnormal products and partial sums to zero can change (bfloat16 dot
+  instructions and XLA's CPU code do; flushed squares in the norms: :func:`_screen_parts`), and a
+  factor ``1 + 2⁻¹⁵`` for the rounding of its own float32 evaluation. A tile with a norm bound from
+  2⁶² on is computed in float32: there ``D̃`` itself could overflow. A pair whose
   ``D̃ ± bound`` lie on one side of each radius it is compared with is decided as ``D`` would be;
   any other pair ("in doubt") is recomputed in float32 from its two rows (an elementwise product
   and a sum: no TF32 on GPUs) and decided from that. That recomputation sums in another order than
@@ -779,16 +814,10 @@ def _screened_tile(q_parts, c_parts, *, slots):
   :func:`_screen_parts`. Padded rows have norm bounds 0 and distances +inf: certainly outside
   every ball, never in doubt.
   """
-  qb, qb_sq, qb_radius, qb_low, qb_norm, qb_err = q_parts
-  cb, cb_sq, cb_pr, cb_dc, cb_low, cb_norm, cb_err = c_parts
+  qb, qb_sq, qb_radius, _, qb_norm, _ = q_parts
+  cb, cb_sq, cb_pr, cb_dc, _, cb_norm, _ = c_parts
   rows, cols = qb.shape[0], cb.shape[0]
-  d = qb.shape[1]
-  product = jax.lax.dot_general(qb_low, cb_low, (((1,), (1,)), ((), ())),
-                                preferred_element_type=jnp.float32)
-  d2 = jnp.maximum(cb_sq[None, :] - 2 * product + qb_sq[:, None], 0)
-  s = qb_norm[:, None] + cb_norm[None, :]
-  bound = (2 * (qb_err[:, None] * (cb_norm + cb_err)[None, :] + qb_norm[:, None] * cb_err[None, :])
-           + (_gamma(d) + 6 * _U32) * s * s + d * 2.0**-118 * (1 + s)) * (1 + 2.0**-15)
+  d2, bound = _screened_distances(q_parts, c_parts)
   low, high = d2 - bound, d2 + bound
   pr_in, pr_out = high <= cb_pr[None, :], low > cb_pr[None, :]
   dc_in, dc_out = high < cb_dc[None, :], low >= cb_dc[None, :]
@@ -815,10 +844,27 @@ def _screened_tile(q_parts, c_parts, *, slots):
           (valid & (exact < cb_dc[j])).astype(jnp.int32)),
       mark(jnp.any(q_in, axis=0), j, valid & (exact <= qb_radius[i])),
       mark(jnp.any(dc_in, axis=0), j, valid & (exact < cb_dc[j])))
-  overflow = (n_chunks > slots) | (n_pairs > slots)
+  # Norms from 2⁶² on (squared norms near float32's max / 4, :func:`_max_sq_norm`): the bfloat16
+  # rounding could make ũ·ṽ overflow, and an infinite D̃ would look certainly outside.
+  huge = jnp.max(qb_norm) + jnp.max(cb_norm) >= 2.0**63
+  overflow = (n_chunks > slots) | (n_pairs > slots) | huge
   results = jax.lax.cond(overflow, lambda: _exact_tile(qb, qb_sq, qb_radius, cb, cb_sq, cb_pr,
                                                        cb_dc), lambda: results)
   return results, overflow
+
+
+def _screened_distances(q_parts, c_parts):
+  """The bfloat16 squared distances ``D̃`` of a tile and their bound (:func:`_screened_tile`)."""
+  qb, qb_sq, _, qb_low, qb_norm, qb_err = q_parts
+  _, cb_sq, _, _, cb_low, cb_norm, cb_err = c_parts
+  d = qb.shape[1]
+  product = jax.lax.dot_general(_unpacked(qb_low), _unpacked(cb_low), (((1,), (1,)), ((), ())),
+                                preferred_element_type=jnp.float32)
+  d2 = jnp.maximum(cb_sq[None, :] - 2 * product + qb_sq[:, None], 0)
+  s = qb_norm[:, None] + cb_norm[None, :]
+  bound = (2 * (qb_err[:, None] * (cb_norm + cb_err)[None, :] + qb_norm[:, None] * cb_err[None, :])
+           + (_gamma(d) + 6 * _U32) * s * s + d * 2.0**-118 * (1 + s)) * (1 + 2.0**-15)
+  return d2, bound
 
 
 def _cross(q, q_sq, q_radius, c, c_sq, c_radius_pr, c_radius_dc, *screen_parts, q_block, c_block,
@@ -895,7 +941,7 @@ def _manifold(g, r, *, n_gen, n_ref, pr_k, dc_k, gen_block, ref_block, screen, m
   args = [g, _masked_sq_norms(g, g_valid), g_radius, r, _masked_sq_norms(r, r_valid), r_pr, r_dc]
   specs = [P(axis), P(axis), P(axis), P(), P(), P(), P()]
   if screen:
-    args += [*_screen_parts(g, g_valid), *_screen_parts(r, r_valid)]
+    args += [*_screen_parts(g, g_valid, gen_block), *_screen_parts(r, r_valid, ref_block)]
     specs += [P(axis)] * 3 + [P()] * 3
   inside, balls, ref_inside, ref_covered, overflows = jax.shard_map(
       body, mesh=mesh, in_specs=tuple(specs), out_specs=(P(axis), P(axis), P(), P(), P()))(*args)
@@ -919,12 +965,19 @@ def _screen(mesh, ref_block, ref_rows):
   at least ``_SCREEN_MIN_BLOCKS`` reference blocks.
 
   Not on GPUs and TPUs: their bfloat16 products are far faster still, but the screen has not been
-  measured there. Not for fewer reference blocks: the pairs in doubt per tile grow as the
+  measured there. Not on meshes of several processes (:func:`_single_process`). Not for fewer reference blocks: the pairs in doubt per tile grow as the
   reference set shrinks (a few per reference point, spread over its blocks) and would overflow the
   slots, and such passes are short anyway.
   """
-  return (_platform(mesh) == "cpu" and _cpu_bfloat16() and ref_block % _SCREEN_CHUNK == 0
-          and ref_rows // ref_block >= _SCREEN_MIN_BLOCKS)
+  return (_platform(mesh) == "cpu" and _single_process(mesh) and _cpu_bfloat16()
+          and ref_block % _SCREEN_CHUNK == 0 and ref_rows // ref_block >= _SCREEN_MIN_BLOCKS)
+
+
+def _single_process(mesh):
+  """Whether this process holds every device of ``mesh``. The screen is decided from this host's
+  CPU, and every process of a multi-process mesh must compile the same program: those stay in
+  float32."""
+  return all(d.process_index == jax.process_index() for d in mesh.devices.flat)
 
 
 @functools.cache
