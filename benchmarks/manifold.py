@@ -17,7 +17,7 @@ computation itself holds. Libraries and what they compute:
 * jaxmetrics ``manifold_metrics(generated, reference)``: precision/recall (k = 3, ``<=``) and
   density/coverage (k = 5, ``<``) in three blockwise passes. Timed twice in the same process: the
   first call includes the jit compilation, the second not (the speed-up uses the second); from
-  N = 20000 on once, compilation included. Its cross pass is screened with bfloat16 products
+  N = 50000 on once, compilation included. Its cross pass is screened with bfloat16 products
   where ``manifold._screen`` says so (CPUs with bfloat16 dot instructions, from 8 reference
   blocks on: N >= ~7000 here); ``screen`` in the row.
 * jaxmetrics-float32: the same with the screen off (the cross pass's products in float32), the
@@ -35,8 +35,8 @@ and prdc should agree (up to pairs within float32 round-off of a radius, see
 
 Beside each jaxmetrics row, ``products_s``: the time its tiles' matrix products alone would take
 (one ``block × block × d`` product timed in the same process, times the number of tiles of the
-three passes; the cross pass's tiles timed in bfloat16 where it is screened), so ``prdc / products_s`` is the largest speed-up over prdc that these products
-allow. A tiling without whole diagonal tiles and padding would do 2·N²·d multiply-adds, a few
+three passes; the cross pass's tiles timed in bfloat16 where it is screened), so
+``prdc / products_s`` is the largest speed-up over prdc that these products allow. A tiling without whole diagonal tiles and padding would do 2·N²·d multiply-adds, a few
 percent fewer (``gmac_per_s`` gives the rate to time them at).
 
 ``--selection`` instead times the k-NN passes' running selection (``manifold._smallest``) on a
@@ -62,7 +62,7 @@ sys.path.insert(0, str(ROOT))
 D = 2048
 LIBRARIES = ("jaxmetrics", "jaxmetrics-float32", "prdc", "torch-fidelity")
 # From this N on jaxmetrics is called once: its compilation (seconds) is noise next to the call.
-SINGLE_CALL_FROM = 20000
+SINGLE_CALL_FROM = 50000
 
 
 def prdc_peak_bytes(n_real, n_fake):

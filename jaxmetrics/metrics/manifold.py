@@ -84,7 +84,8 @@ the benchmark's features) are recomputed in float32 from their two rows. The dec
 of the float32 pass, up to the same float32 round-off as ever; the k-NN passes stay in float32
 (the k-th smallest distance itself is needed, not a comparison). A tile with more pairs in doubt
 than it has slots for is computed in float32 instead, and a device stops screening after
-``_SCREEN_MAX_OVERFLOWS`` of those. At 10 000 + 10 000 2048-d features it saves ~0.45 s of ~4.5.
+``_SCREEN_MAX_OVERFLOWS`` of those. On the benchmark's 2048-d features and 2-core CPU it saves
+0.5 s of 4.6 at 10 000 + 10 000 points, 8.5 s of 113 at 50 000 + 50 000.
 Time and memory against prdc and torch-fidelity: ``benchmarks/manifold.py``.
 """
 
@@ -954,8 +955,8 @@ def _manifold(g, r, *, n_gen, n_ref, pr_k, dc_k, gen_block, ref_block, screen, m
 
 def _screen_slots(q_block):
   """Pairs in doubt (and chunks holding them) a screened tile of ``q_block`` query rows can
-  recompute: one per query row, ~3× what the benchmark's 10 000 + 10 000 tiles need (module
-  constants)."""
+  recompute: one per query row, ~2.5× the most that a tile of the benchmark's 10 000 + 10 000
+  points needs (406 of 1008)."""
   return q_block
 
 
@@ -965,9 +966,12 @@ def _screen(mesh, ref_block, ref_rows):
   at least ``_SCREEN_MIN_BLOCKS`` reference blocks.
 
   Not on GPUs and TPUs: their bfloat16 products are far faster still, but the screen has not been
-  measured there. Not on meshes of several processes (:func:`_single_process`). Not for fewer reference blocks: the pairs in doubt per tile grow as the
-  reference set shrinks (a few per reference point, spread over its blocks) and would overflow the
-  slots, and such passes are short anyway.
+  measured there. Not on meshes of several processes (:func:`_single_process`). Not for fewer
+  reference blocks: the pairs in doubt per tile grow as the reference set shrinks (a few per
+  reference point, spread over its blocks) and would overflow the slots, and such passes are
+  short anyway. The generated set's size is not looked at: a small one has large radii and more
+  pairs in doubt for recall, which at worst costs each device ``_SCREEN_MAX_OVERFLOWS`` tiles
+  computed twice.
   """
   return (_platform(mesh) == "cpu" and _single_process(mesh) and _cpu_bfloat16()
           and ref_block % _SCREEN_CHUNK == 0 and ref_rows // ref_block >= _SCREEN_MIN_BLOCKS)
